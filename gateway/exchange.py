@@ -1,0 +1,345 @@
+"""One request's trip through the gateway: pick -> forward -> stream back.
+
+The front end parses and routes a request, then hands it to an :class:`Exchange`,
+which leases a server from the backend's selector, takes a pooled upstream
+connection, streams the request body up and the response body down with
+backpressure both ways, and reports completion back to the front end.
+
+Retry rule (RFC 9110 §9.2.2): a failure before any response byte is retried on
+another server only while no request body byte has been sent upstream; the body
+is streamed, not kept, so once a byte is sent it cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from gateway.chunked import LAST_CHUNK, encode_chunk
+from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.headers import request_headers, response_headers, serialize_head
+from gateway.pauses import ReasonProducer
+
+if TYPE_CHECKING:
+    from gateway.balancer import Lease
+    from gateway.config import RouteConfig
+    from gateway.frontend import ClientConnection
+    from gateway.parser import Request, Response
+    from gateway.runtime import BackendRuntime, Runtime
+    from gateway.upstream import UpstreamConnection
+
+log = Logger()
+
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class Phase(enum.Enum):
+    """States of :class:`Exchange`.
+
+    - PICKING: choosing a server and waiting for a pooled or new connection.
+    - SENDING: the request head went upstream; no response head yet.
+    - STREAMING: the response head went to the client; body flowing.
+    - DONE: finished, failed or abandoned; every resource has been released.
+    """
+
+    PICKING = "picking"
+    SENDING = "sending"
+    STREAMING = "streaming"
+    DONE = "done"
+
+
+class _Framing(enum.Enum):
+    """How the response body is framed toward the client."""
+
+    NONE = "none"  # HEAD, 204, 304: no body whatever the headers say
+    RAW = "raw"  # pass bytes as they are (Content-Length, or close-delimited)
+    CHUNKED = "chunked"  # re-chunk a chunked or close-delimited body for a 1.1 client
+
+
+class Exchange:
+    """Forwards one request to one backend and streams the answer back."""
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        request: Request,
+        path: bytes,
+        host: bytes,
+        route: RouteConfig,
+        backend: BackendRuntime,
+        runtime: Runtime,
+    ) -> None:
+        self.client = client
+        self.request = request
+        self.path = path
+        self.host = host
+        self.route = route
+        self.backend = backend
+        self.runtime = runtime
+        self.phase = Phase.PICKING
+        self.status = 0
+        self.body_bytes = 0
+        self.upstream_address = "-"
+        self.upstream_time = -1.0
+        self._lease: Lease | None = None
+        self._upstream: UpstreamConnection | None = None
+        self._tried: set[str] = set()
+        self._attempts = 0
+        self._last_error: GatewayError | None = None
+        self._body_sent = False
+        self._body_done = not (request.chunked or request.content_length > 0)
+        self._sent_at = 0.0
+        self._framing = _Framing.RAW
+        self._keep_alive = False
+        self._head_bytes = b""
+
+    # -- start and server choice ---------------------------------------------
+
+    def start(self) -> None:
+        """Pick a server and ask its pool for a connection."""
+        self._attempts += 1
+        lease = self.backend.selector.pick(frozenset(self._tried))
+        if lease is None:
+            # After failed tries, the last upstream error explains it best (502);
+            # with nothing tried, no server is available at all (503).
+            self._fail(self._last_error or ServiceUnavailable("no server available"))
+            return
+        self._lease = lease
+        server = lease.server.config
+        self.upstream_address = f"{server.host}:{server.port}"
+        self.backend.pools[server.name].acquire(self)
+
+    # -- upstream events (gateway.upstream.Sink) --------------------------------
+
+    def upstream_ready(self, conn: UpstreamConnection) -> None:
+        """A connection is ours: send the head, then let the client body flow."""
+        if self.phase is not Phase.PICKING:
+            # Abandoned while waiting: give the connection straight back.
+            conn.pool.release(conn)
+            return
+        self._upstream = conn
+        self.phase = Phase.SENDING
+        request = self.request
+        conn.start(self, request.method)
+        conn.transport.write(self._request_head())
+        self._sent_at = self.client.reactor.seconds()
+        if self._body_done:
+            conn.request_end()
+            return
+        producer = ReasonProducer(self.client.pauses, "upstream-full", self._upstream_stopped)
+        conn.transport.registerProducer(producer, True)
+        self.client.body_wanted(self)
+
+    def upstream_failed(self, error: GatewayError, *, before_response: bool) -> None:
+        """The upstream failed: retry when safe, else answer with the error."""
+        if self.phase is Phase.DONE:
+            return
+        conn, self._upstream = self._upstream, None
+        if conn is not None and not self._body_done:
+            conn.transport.unregisterProducer()
+        lease = self._lease
+        if lease is not None:
+            server = lease.server.config.name
+            lease.release()
+            self._lease = None
+            retry = (
+                before_response
+                and not self._body_sent
+                and self._attempts <= len(self.backend.config.servers)
+                and self.phase is not Phase.STREAMING
+            )
+            if retry:
+                log.info(
+                    "retrying {method} {path} after {server}: {reason}",
+                    method=self.request.method,
+                    path=self.path,
+                    server=server,
+                    reason=error.reason,
+                )
+                if conn is None or not conn.reused:
+                    # A connect failure says the server is unreachable; a reset
+                    # of a reused connection only says that connection was stale.
+                    self._tried.add(server)
+                self.phase = Phase.PICKING
+                self._last_error = error
+                self.start()
+                return
+        self._fail(error)
+
+    def response_head(self, response: Response) -> None:
+        """Forward the response head with the gateway's header rules applied."""
+        now = self.client.reactor.seconds()
+        self.upstream_time = now - self._sent_at
+        self.phase = Phase.STREAMING
+        self.status = response.status
+        client = self.client
+        client.transport.write(self._response_head(response))
+        conn = self._upstream
+        if self._framing is not _Framing.NONE and conn is not None:
+            assert conn.pauses is not None
+            producer = ReasonProducer(conn.pauses, "client-full", self._client_stopped)
+            producer.on_pause = self._client_blocked
+            producer.on_resume = self._client_unblocked
+            client.transport.registerProducer(producer, True)
+
+    def response_data(self, data: bytes) -> None:
+        """Pass a piece of the response body on, framed for the client."""
+        self.body_bytes += len(data)
+        if self._framing is _Framing.CHUNKED:
+            self.client.transport.writeSequence(encode_chunk(data))
+        elif self._framing is _Framing.RAW:
+            self.client.transport.write(data)
+
+    def response_end(self) -> None:
+        """The response is complete: release everything and tell the front end."""
+        if self.phase is Phase.DONE:
+            return
+        client = self.client
+        if self._framing is _Framing.CHUNKED:
+            client.transport.write(LAST_CHUNK)
+        if self._framing is not _Framing.NONE:
+            client.transport.unregisterProducer()
+        self._upstream = None
+        self._release()
+        client.exchange_done(self, keep_alive=self._keep_alive and self._body_done)
+
+    # -- client events ---------------------------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        """A piece of the client's request body (already de-chunked)."""
+        conn = self._upstream
+        if conn is None:
+            return
+        self._body_sent = True
+        if self.request.chunked:
+            conn.transport.writeSequence(encode_chunk(data))
+        else:
+            conn.transport.write(data)
+
+    def request_body_end(self) -> None:
+        """The client's request body is complete."""
+        self._body_done = True
+        conn = self._upstream
+        if conn is None:
+            return
+        if self.request.chunked:
+            conn.transport.write(LAST_CHUNK)
+        conn.transport.unregisterProducer()
+        conn.request_end()
+
+    def abandon(self) -> None:
+        """The client went away or timed out: drop the upstream side now."""
+        if self.phase is Phase.DONE:
+            return
+        self.phase = Phase.DONE
+        conn, self._upstream = self._upstream, None
+        if conn is not None:
+            conn.abandon()
+        elif self._lease is not None:
+            self.backend.pools[self._lease.server.config.name].cancel(self)
+        self._release()
+
+    # -- internals -------------------------------------------------------------
+
+    def _fail(self, error: GatewayError) -> None:
+        started = self.phase is Phase.STREAMING
+        self.phase = Phase.DONE
+        conn, self._upstream = self._upstream, None
+        if conn is not None:
+            conn.abandon()
+        self._release()
+        if not started:
+            self.status = error.status
+        self.client.exchange_failed(self, error, response_started=started)
+
+    def _release(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+        self.phase = Phase.DONE
+
+    @property
+    def responding(self) -> bool:
+        """True once the response head has gone to the client."""
+        return self.phase is Phase.STREAMING
+
+    def _client_blocked(self) -> None:
+        conn = self._upstream
+        if conn is not None:
+            conn.pause_reading()
+        self.client.client_write_blocked()
+
+    def _client_unblocked(self) -> None:
+        conn = self._upstream
+        if conn is not None:
+            conn.resume_reading()
+        self.client.client_write_unblocked()
+
+    def _upstream_stopped(self) -> None:
+        """The upstream transport went away while it was our consumer."""
+
+    def _client_stopped(self) -> None:
+        """The client transport went away while it was our consumer."""
+
+    def _request_head(self) -> bytes:
+        request = self.request
+        runtime = self.runtime
+        client = self.client
+        host_override = self.backend.config.host_header
+        headers = request_headers(
+            request.headers,
+            connection=request.connection,
+            peer_ip=client.peer_ip,
+            peer_port=client.peer_port,
+            proto=client.proto,
+            host=self.host,
+            via=runtime.via,
+            version=request.version[5:],
+            trusted=client.peer_trusted,
+            host_override=host_override.encode("idna") if host_override else None,
+            listener=client.listener_name,
+        )
+        if request.expect_continue:
+            # The gateway answers 100 Continue itself (gateway.frontend), so the
+            # expectation is met and must not travel on (RFC 9110 §10.1.1).
+            headers = [(n, v) for n, v in headers if n.lower() != b"expect"]
+        if request.chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        line = b"%s %s HTTP/1.1" % (request.method, self.path)
+        return serialize_head(line, headers)
+
+    def _response_head(self, response: Response) -> bytes:
+        request = self.request
+        runtime = self.runtime
+        headers = response_headers(
+            response.headers,
+            connection=response.connection,
+            via=runtime.via,
+            version=response.version[5:],
+            server=runtime.server_header,
+        )
+        keep_alive = request.keep_alive and self.client.accepting
+        if request.method == b"HEAD" or response.status in _NO_BODY_STATUS:
+            framing = _Framing.NONE
+        elif response.content_length >= 0:
+            framing = _Framing.RAW
+        else:
+            # Chunked or close-delimited upstream: drop any Content-Length
+            # (RFC 9112 §6.3 rule 3) and re-frame for the client.
+            headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+            if request.version == b"HTTP/1.1":
+                framing = _Framing.CHUNKED
+                headers.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                framing = _Framing.RAW
+                keep_alive = False
+        if not keep_alive:
+            headers.append((b"Connection", b"close"))
+        elif request.version == b"HTTP/1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        self._framing = framing
+        self._keep_alive = keep_alive
+        return serialize_head(b"HTTP/1.1 %d %s" % (response.status, response.reason), headers)
+
