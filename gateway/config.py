@@ -8,11 +8,44 @@ Section kinds follow HAProxy's model: ``[gateway]`` (process-wide), ``[defaults]
 
 Durations are in seconds unless suffixed (``500ms``, ``10s``, ``2m``, ``1h``);
 sizes are in bytes unless suffixed (``64k``, ``1m``, ``1g``, powers of 1024).
+
+Loading (:func:`load`, :func:`loads`, :func:`quick`) checks every key against one
+table per section kind, :data:`SECTION_KEYS` (the single source of truth for keys,
+types, ranges and defaults), and raises every problem of a file at once as
+:class:`ConfigError`.  Pure: no reactor, no sockets, no file but the one loaded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import configparser
+import io
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from types import MappingProxyType
+from typing import Any
+
+from gateway.configvalues import (
+    NAME,
+    Address,
+    Boolean,
+    Choice,
+    Count,
+    Duration,
+    Endpoint,
+    FieldValue,
+    HostHeader,
+    Name,
+    NameList,
+    NetworkList,
+    PathPrefix,
+    RouteHost,
+    Size,
+    Token,
+    ValueParser,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +142,463 @@ class Config:
             if backend.name == name:
                 return backend
         raise KeyError(name)
+
+
+class ConfigError(Exception):
+    """Every problem found in one configuration, each a complete message.
+
+    Each problem reads ``FILE:LINE [section] key: what is wrong; allowed: ...``
+    (``-`` stands for the key when a problem concerns a whole section, and line
+    0 for the whole file), so an operator can fix them all in one pass.
+    """
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        """The problems, one per line."""
+        return "\n".join(self.problems)
+
+
+class _Required:
+    """The default of a key that has none: the section must set it."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One legal key: how its value parses (and its range), and its default."""
+
+    parser: ValueParser
+    default: Any
+
+    @property
+    def required(self) -> bool:
+        """Whether every section of this kind must set the key."""
+        return self.default is REQUIRED
+
+
+def _table(
+    cls: type, parsers: Mapping[str, ValueParser], required: Iterable[str] = ()
+) -> Mapping[str, Key]:
+    """A key table whose defaults are the dataclass defaults, so they can't drift."""
+    defaults = {f.name: f.default for f in fields(cls)}
+    needed = frozenset(required)
+    return MappingProxyType(
+        {
+            key: Key(parser, REQUIRED if key in needed else defaults[key])
+            for key, parser in parsers.items()
+        }
+    )
+
+
+_DAY = 86400.0
+_TIMEOUT = Duration(0.001, _DAY)
+_GIB = 1024**3
+
+_LISTENER = _table(
+    ListenerConfig,
+    {
+        "bind": Endpoint(),
+        "max_request_line": Size(256, 1024**2),
+        "max_header_size": Size(1024, 1024**2),
+        "max_header_count": Count(1, 10000),
+        "max_body_size": Size(1, 1024 * _GIB, zero="no limit"),
+        "max_connections": Count(1, 1_000_000),
+        "timeout_header": _TIMEOUT,
+        "timeout_idle": _TIMEOUT,
+        "timeout_client": _TIMEOUT,
+        "timeout_request": Duration(0.001, _DAY, zero="no cap"),
+    },
+    required=["bind"],
+)
+_BACKEND = _table(
+    BackendConfig,
+    {
+        "balance": Choice(("roundrobin", "leastconn")),
+        "host_header": HostHeader(),
+        "timeout_connect": _TIMEOUT,
+        "timeout_response": _TIMEOUT,
+        "timeout_read": _TIMEOUT,
+        "pool_max_idle": Count(0, 100_000),
+        "pool_idle_timeout": _TIMEOUT,
+        "pool_max_conns": Count(1, 100_000),
+        "queue_size": Count(0, 1_000_000),
+        "timeout_queue": _TIMEOUT,
+    },
+)
+
+#: Keys that name one section's own resource and so can't come from [defaults].
+IDENTITY_KEYS = frozenset({"bind"})
+
+#: The single source of truth: section kind -> key -> how it parses, its default.
+SECTION_KEYS: Mapping[str, Mapping[str, Key]] = MappingProxyType(
+    {
+        "gateway": _table(
+            GatewaySettings,
+            {
+                "access_log": Boolean(),
+                "server_header": FieldValue(),
+                "via_pseudonym": Token(),
+                "trusted_proxies": NetworkList(),
+            },
+        ),
+        "defaults": MappingProxyType(
+            {k: v for k, v in {**_LISTENER, **_BACKEND}.items() if k not in IDENTITY_KEYS}
+        ),
+        "listener": _LISTENER,
+        "route": _table(
+            RouteConfig,
+            {
+                "backend": Name(),
+                "host": RouteHost(),
+                "path_prefix": PathPrefix(),
+                "listeners": NameList(),
+            },
+            required=["backend"],
+        ),
+        "backend": _BACKEND,
+        "server": _table(
+            ServerConfig,
+            {"backend": Name(), "address": Address(), "weight": Count(1, 1000)},
+            required=["backend", "address"],
+        ),
+        "demo": _table(DemoConfig, {"bind": Endpoint()}, required=["bind"]),
+    }
+)
+
+#: Kinds written without a name (``[gateway]``); every other kind is ``kind:NAME``.
+SINGLE_KINDS = frozenset({"gateway", "defaults"})
+_KIND_FORMS = ", ".join(k if k in SINGLE_KINDS else f"{k}:NAME" for k in SECTION_KEYS)
+
+# configparser's syntax, restated so that line numbers can be recovered: it
+# forgets them.  Delimiter "=" only, because endpoint strings contain ":".
+_SECTION_HEADER = re.compile(r"\[(?P<header>.+)\]")
+_OPTION = re.compile(r"(?P<option>.*?)\s*=\s*(?P<value>.*)$")
+_COMMENT = re.compile(r"(?:^|(?<=\s))[#;]")
+_NO_DEFAULT_SECTION = "\n"  # configparser's [DEFAULT] magic, made unreachable
+_LINE_FORMS = "allowed: key = value, [kind:NAME], or a comment starting with # or ;"
+
+
+class _Problems:
+    """Collects problems for one source, once each, reported in line order."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._lines: dict[str, int] = {}
+
+    def add(self, line: int, section: str, key: str, message: str) -> None:
+        """Record ``FILE:LINE [section] key: message``."""
+        text = f"{self.source}:{line} [{section}] {key}: {message}"
+        self._lines.setdefault(text, line)
+
+    def raise_any(self) -> None:
+        """Raise :class:`ConfigError` with everything found, if anything was."""
+        if self._lines:
+            raise ConfigError(sorted(self._lines, key=self._lines.__getitem__))
+
+
+@dataclass
+class _Lines:
+    """Where each section and key was first written, and which section owns a line."""
+
+    sections: dict[str, int] = field(default_factory=dict)
+    keys: dict[tuple[str, str], int] = field(default_factory=dict)
+    owners: dict[int, str] = field(default_factory=dict)
+
+    def of(self, section: str, key: str | None = None) -> int:
+        """The key's line, else its section header's line (0 if unknown)."""
+        if key is not None and (section, key) in self.keys:
+            return self.keys[section, key]
+        return self.sections.get(section, 0)
+
+
+def _scan(text: str, problems: _Problems) -> _Lines:
+    """Map sections and keys to line numbers the way configparser reads them.
+
+    Also reports every duplicate section and key: configparser's strict mode
+    stops at the first one.
+    """
+    lines = _Lines()
+    section: str | None = None
+    in_value = False
+    indent_level = sys.maxsize
+    for number, line in enumerate(io.StringIO(text), start=1):
+        value = _COMMENT.split(line, maxsplit=1)[0].strip()
+        if not value:
+            indent_level = sys.maxsize  # a blank line ends a multi-line value
+            continue
+        indent = len(line) - len(line.lstrip())
+        if section is not None and in_value and indent > indent_level:
+            lines.owners[number] = section  # continuation of the previous value
+            continue
+        indent_level = indent
+        header = _SECTION_HEADER.match(value)
+        if header:
+            section, in_value = header.group("header"), False
+            lines.owners[number] = section
+            if section in lines.sections:
+                first = lines.sections[section]
+                message = f"duplicate section; first at line {first}"
+                problems.add(number, section, "-", message)
+            else:
+                lines.sections[section] = number
+            continue
+        if section is None:
+            break  # configparser reports the missing section header
+        lines.owners[number] = section
+        option = _OPTION.match(value)
+        if option:
+            key = option.group("option").rstrip().lower()
+            in_value = bool(key)
+            if key and (section, key) in lines.keys:
+                first = lines.keys[section, key]
+                problems.add(number, section, key, f"duplicate key; first at line {first}")
+            elif key:
+                lines.keys[section, key] = number
+    return lines
+
+
+def _parse(
+    text: str, source: str, lines: _Lines, problems: _Problems
+) -> configparser.ConfigParser | None:
+    """Parse with configparser, turning its exceptions into problems.
+
+    Strict mode raises at the first duplicate; the scan has already reported
+    them all, so the text is then read again leniently to check the rest.
+    """
+    for strict in (True, False):
+        parser = configparser.ConfigParser(
+            interpolation=None,
+            strict=strict,
+            delimiters=("=",),
+            comment_prefixes=("#", ";"),
+            inline_comment_prefixes=("#", ";"),
+            empty_lines_in_values=False,
+            default_section=_NO_DEFAULT_SECTION,
+        )
+        try:
+            parser.read_string(text, source)
+        except configparser.DuplicateSectionError as exc:
+            first = lines.sections.get(exc.section, 0)
+            message = f"duplicate section; first at line {first}"
+            problems.add(exc.lineno or 0, exc.section, "-", message)
+            continue
+        except configparser.DuplicateOptionError as exc:
+            message = f"duplicate key; first at line {lines.of(exc.section, exc.option)}"
+            problems.add(exc.lineno or 0, exc.section, exc.option, message)
+            continue
+        except configparser.MissingSectionHeaderError as exc:
+            message = f"{exc.line.strip()!r} is outside any section; allowed: a header first"
+            problems.add(exc.lineno, "*", "-", message)
+            return None
+        except configparser.ParsingError as exc:
+            text_lines = text.split("\n")
+            for number, _ in exc.errors:
+                shown = text_lines[number - 1].strip()
+                owner = lines.owners.get(number, "*")
+                problems.add(number, owner, "-", f"cannot parse {shown!r}; {_LINE_FORMS}")
+        return parser
+    return None  # unreachable: the lenient pass raises no duplicate errors
+
+
+def _read_section(
+    section: str,
+    items: Mapping[str, str],
+    table: Mapping[str, Key],
+    lines: _Lines,
+    problems: _Problems,
+) -> dict[str, Any]:
+    """The section's keys parsed against ``table``; everything wrong is reported."""
+    values: dict[str, Any] = {}
+    for key, raw in items.items():
+        if not key:
+            continue  # "= value": configparser has reported the line
+        where = lines.of(section, key)
+        if key not in table:
+            identity = section == "defaults" and key in IDENTITY_KEYS
+            what = "is set per section, never in [defaults]" if identity else "unknown key"
+            problems.add(where, section, key, f"{what}; allowed: {', '.join(table)}")
+            continue
+        try:
+            values[key] = table[key].parser.parse(raw)
+        except ValueError as exc:
+            problems.add(where, section, key, str(exc))
+    for key, spec in table.items():
+        if spec.required and key not in items:
+            problems.add(lines.of(section), section, key, "required key is missing")
+    return values
+
+
+def _sections(
+    parser: configparser.ConfigParser, lines: _Lines, problems: _Problems
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """kind -> NAME -> parsed values, for every well-formed section in file order."""
+    found: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in SECTION_KEYS}
+    for section in parser.sections():
+        kind, colon, name = section.partition(":")
+        where = lines.of(section)
+        if kind not in SECTION_KEYS:
+            message = f"unknown section kind {kind!r}; allowed: {_KIND_FORMS}"
+            problems.add(where, section, "-", message)
+        elif kind in SINGLE_KINDS and colon:
+            problems.add(where, section, "-", f"[{kind}] takes no name; allowed: [{kind}]")
+        elif kind not in SINGLE_KINDS and not (colon and NAME.match(name)):
+            message = f"expected [{kind}:NAME], got {section!r}; allowed: NAME of [A-Za-z0-9_.-]+"
+            problems.add(where, section, "-", message)
+        else:
+            items = dict(parser.items(section))
+            table = SECTION_KEYS[kind]
+            found[kind][name] = _read_section(section, items, table, lines, problems)
+    return found
+
+
+def _check_references(
+    found: Mapping[str, Mapping[str, dict[str, Any]]], lines: _Lines, problems: _Problems
+) -> None:
+    """Every name refers to a section that exists; every backend has a server."""
+
+    def missing(section: str, key: str, kind: str, name: str) -> None:
+        allowed = ", ".join(found[kind]) or f"no [{kind}:NAME] section exists"
+        message = f"no [{kind}:{name}] section; allowed: {allowed}"
+        problems.add(lines.of(section, key), section, key, message)
+
+    for name, values in found["route"].items():
+        if "backend" in values and values["backend"] not in found["backend"]:
+            missing(f"route:{name}", "backend", "backend", values["backend"])
+        for listener in values.get("listeners", ()):
+            if listener not in found["listener"]:
+                missing(f"route:{name}", "listeners", "listener", listener)
+    for name, values in found["server"].items():
+        if "backend" in values and values["backend"] not in found["backend"]:
+            missing(f"server:{name}", "backend", "backend", values["backend"])
+    used = {values.get("backend") for values in found["server"].values()}
+    for name in found["backend"]:
+        if name not in used:
+            section = f"backend:{name}"
+            message = f"no [server:NAME] has backend = {name}; allowed: at least one server"
+            problems.add(lines.of(section), section, "servers", message)
+    for kind in ("listener", "route"):
+        if not found[kind]:
+            message = f"no {kind} is defined; allowed: at least one [{kind}:NAME] section"
+            problems.add(0, f"{kind}:*", "-", message)
+    binds: dict[str, str] = {}
+    for kind in ("listener", "demo"):
+        for name, values in found[kind].items():
+            section, bind = f"{kind}:{name}", values.get("bind")
+            if bind is not None and bind in binds:
+                message = f"{bind!r} is bound by [{binds[bind]}]; allowed: one per endpoint"
+                problems.add(lines.of(section, "bind"), section, "bind", message)
+            elif bind is not None:
+                binds[bind] = section
+
+
+def _assemble(source: str, found: Mapping[str, Mapping[str, dict[str, Any]]]) -> Config:
+    """Frozen values from checked sections; [defaults] fills what a section leaves out."""
+    defaults = found["defaults"].get("", {})
+
+    def inherit(kind: str, values: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in defaults.items() if k in SECTION_KEYS[kind]} | values
+
+    servers: list[ServerConfig] = []
+    for name, values in found["server"].items():
+        kwargs = dict(values)
+        scheme, host, port = kwargs.pop("address")
+        server = ServerConfig(name=name, scheme=scheme, host=host, port=port, **kwargs)
+        servers.append(server)
+    return Config(
+        source=source,
+        gateway=GatewaySettings(**found["gateway"].get("", {})),
+        listeners=tuple(
+            ListenerConfig(name=name, **inherit("listener", values))
+            for name, values in found["listener"].items()
+        ),
+        routes=tuple(
+            RouteConfig(name=name, **values) for name, values in found["route"].items()
+        ),
+        backends=tuple(
+            BackendConfig(
+                name=name,
+                servers=tuple(s for s in servers if s.backend == name),
+                **inherit("backend", values),
+            )
+            for name, values in found["backend"].items()
+        ),
+        demos=tuple(DemoConfig(name=name, **values) for name, values in found["demo"].items()),
+    )
+
+
+def loads(text: str, source: str) -> Config:
+    """The configuration in ``text``; ``source`` names it in error messages.
+
+    :raises ConfigError: with every problem in the text, in line order.
+    """
+    problems = _Problems(source)
+    lines = _scan(text, problems)
+    parser = _parse(text, source, lines, problems)
+    if parser is None:
+        problems.raise_any()
+        raise AssertionError("a failed parse always reports a problem")
+    found = _sections(parser, lines, problems)
+    _check_references(found, lines, problems)
+    problems.raise_any()
+    return _assemble(source, found)
+
+
+def load(path: str) -> Config:
+    """The configuration in the file at ``path`` (UTF-8, a BOM is tolerated).
+
+    :raises ConfigError: if the file can't be read (line 0) or has problems.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([f"{path}:0 [*] -: cannot read the file: {reason}"]) from exc
+    return loads(text, path)
+
+
+def quick(listen: str, upstreams: Sequence[str]) -> Config:
+    """The configuration for ``--listen``/``--upstream`` on the command line.
+
+    It equals what :func:`loads` makes of one ``[listener:quick]`` binding
+    ``listen``, one ``[route:quick]`` to ``[backend:quick]`` (round robin) and
+    servers ``quick1``, ``quick2``, ... for ``upstreams`` (apart from ``source``),
+    and its values are checked by the same parsers.
+    """
+    source = "<command line>"
+    problems: list[str] = []
+    try:
+        bind = SECTION_KEYS["listener"]["bind"].parser.parse(listen)
+    except ValueError as exc:
+        problems.append(f"{source}: --listen: {exc}")
+    servers: list[ServerConfig] = []
+    for number, url in enumerate(upstreams, start=1):
+        try:
+            scheme, host, port = SECTION_KEYS["server"]["address"].parser.parse(url)
+        except ValueError as exc:
+            problems.append(f"{source}: --upstream: {exc}")
+        else:
+            servers.append(ServerConfig(f"quick{number}", "quick", scheme, host, port))
+    if not upstreams:
+        problems.append(f"{source}: --upstream: missing; allowed: one or more http://HOST:PORT")
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        source=source,
+        listeners=(ListenerConfig(name="quick", bind=bind),),
+        routes=(RouteConfig(name="quick", backend="quick"),),
+        backends=(BackendConfig(name="quick", servers=tuple(servers)),),
+    )
+
+
+def default_path() -> str:
+    """The packaged default configuration, ``gateway/data/default.ini``."""
+    return str(resources.files("gateway") / "data" / "default.ini")
