@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from gateway.chunked import LAST_CHUNK, encode_chunk
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.headers import request_headers, response_headers, serialize_head
+from gateway.httpdate import http_date
 from gateway.pauses import ReasonProducer
 
 if TYPE_CHECKING:
@@ -319,6 +320,7 @@ class Exchange:
             via=runtime.via,
             version=response.version[5:],
             server=runtime.server_header,
+            date=http_date(self.client.reactor.seconds()),
         )
         keep_alive = request.keep_alive and self.client.accepting
         if request.method == b"HEAD" or response.status in _NO_BODY_STATUS:

@@ -29,6 +29,7 @@ from gateway import accesslog
 from gateway.chunked import ChunkedDecoder
 from gateway.errors import GatewayError, GatewayTimeout, NotFound, ParseError, RequestTimeout
 from gateway.exchange import Exchange
+from gateway.httpdate import http_date
 from gateway.pages import error_response
 from gateway.parser import Request, check_partial_head, head_end, parse_request
 from gateway.pauses import Pauses
@@ -334,6 +335,7 @@ class ClientConnection(Protocol):
                 server=runtime.server_header,
                 close=not keep_alive,
                 head_only=request is not None and request.method == b"HEAD",
+                extra_headers=((b"Date", http_date(self.reactor.seconds())),),
             )
         )
 

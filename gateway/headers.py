@@ -64,7 +64,7 @@ _REQUEST_RULED: frozenset[bytes] = frozenset(
         b"via",
     }
 )
-_RESPONSE_RULED: frozenset[bytes] = frozenset({b"server", b"via"})
+_RESPONSE_RULED: frozenset[bytes] = frozenset({b"server", b"via", b"date"})
 
 # RFC 9110 §5.6.2: tchar. bytes.translate(None, _TCHAR) deletes every tchar, so
 # an empty result means the value is a token and may go unquoted (RFC 7239 §4).
@@ -341,6 +341,7 @@ def response_headers(
     via: bytes,
     version: bytes,
     server: bytes,
+    date: bytes,
 ) -> list[tuple[bytes, bytes]]:
     """The header list to send to the client for an upstream response with ``headers``.
 
@@ -359,11 +360,14 @@ def response_headers(
       b"", so the backend's software is never shown.
     - Via (RFC 9110 §7.6.3): received values followed by ``<version> <via>``,
       appended last as one field.
+    - Date (RFC 9110 §6.6.1): a recipient with a clock forwarding a response
+      without Date MUST append one; ``date`` is that IMF-fixdate.
     """
     out: list[tuple[bytes, bytes]] = []
     append = out.append
     server_done = not server
     via_in: list[bytes] | None = None
+    dated = False
 
     for pair in headers:
         name = pair[0].lower()
@@ -372,6 +376,9 @@ def response_headers(
                 if not server_done:
                     server_done = True
                     append((b"Server", server))
+            elif name == b"date":
+                dated = True
+                append(pair)
             elif pair[1] and name not in connection:
                 if via_in is None:
                     via_in = [pair[1]]
@@ -385,6 +392,8 @@ def response_headers(
 
     if not server_done:
         append((b"Server", server))
+    if not dated:
+        append((b"Date", date))
     ours = version + b" " + via
     if via_in is None:
         append((b"Via", ours))

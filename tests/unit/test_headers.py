@@ -35,9 +35,14 @@ def forward(headers, **overrides):
     return request_headers(headers, **arguments)
 
 
+DATE = b"Sun, 22 Nov 2026 18:01:57 GMT"
+
+
 def answer(headers, **overrides):
     """response_headers with our defaults unless overridden."""
-    arguments = dict(connection=NO_CONNECTION, via=b"gateway", version=b"1.1", server=b"gateway")
+    arguments = dict(
+        connection=NO_CONNECTION, via=b"gateway", version=b"1.1", server=b"gateway", date=DATE
+    )
     arguments.update(overrides)
     return response_headers(headers, **arguments)
 
@@ -394,8 +399,23 @@ class ResponseHeadersTests(SynchronousTestCase):
         )
         self.assertEqual(
             out,
-            [(b"Content-Length", b"10"), (b"Content-Type", b"text/plain"), (b"Server", b"gateway"), (b"Via", b"1.1 gateway")],
+            [
+                (b"Content-Length", b"10"),
+                (b"Content-Type", b"text/plain"),
+                (b"Server", b"gateway"),
+                (b"Date", DATE),
+                (b"Via", b"1.1 gateway"),
+            ],
         )
+
+    def test_date_added_when_missing(self) -> None:
+        """RFC 9110 §6.6.1: a forwarded response without Date gets one."""
+        self.assertEqual(values(answer([(b"ETag", b'"1"')]), b"date"), [DATE])
+
+    def test_date_kept_when_present(self) -> None:
+        """The origin's Date is kept as it is, and no second one is added."""
+        out = answer([(b"Date", b"Mon, 01 Jan 2024 00:00:00 GMT")])
+        self.assertEqual(values(out, b"date"), [b"Mon, 01 Jan 2024 00:00:00 GMT"])
 
     def test_server_replaced_in_place(self) -> None:
         """The backend's Server is replaced in place by ours, repeats dropped."""
