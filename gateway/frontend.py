@@ -146,8 +146,8 @@ class ClientConnection(Protocol):
             if self.state is ConnState.IDLE:
                 # RFC 9112 §2.2: a server SHOULD ignore at least one empty line
                 # received prior to the request-line.
-                if buf[:2] == b"\r\n":
-                    buf = self._buf = buf.lstrip(b"\r\n")
+                while buf[:2] == b"\r\n":
+                    buf = self._buf = buf[2:]
                 if not buf:
                     return
             end = head_end(buf, self._scan)
