@@ -11,8 +11,10 @@ sizes are in bytes unless suffixed (``64k``, ``1m``, ``1g``, powers of 1024).
 
 Loading (:func:`load`, :func:`loads`, :func:`quick`) checks every key against one
 table per section kind, :data:`SECTION_KEYS` (the single source of truth for keys,
-types, ranges and defaults), and raises every problem of a file at once as
-:class:`ConfigError`.  Pure: no reactor, no sockets, no file but the one loaded.
+types, ranges and defaults, built from :mod:`gateway.configkeys`), then the rules
+between keys, and raises every problem of a file at once as :class:`ConfigError`.
+What loads may still carry warnings (:attr:`Config.warnings`: routes that can
+never match).  Pure: no reactor, no sockets, no file but the one loaded.
 """
 
 from __future__ import annotations
@@ -22,30 +24,14 @@ import io
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from gateway.configvalues import (
-    NAME,
-    Address,
-    Boolean,
-    Choice,
-    Count,
-    Duration,
-    Endpoint,
-    FieldValue,
-    HostHeader,
-    Name,
-    NameList,
-    NetworkList,
-    PathPrefix,
-    RouteHost,
-    Size,
-    Token,
-    ValueParser,
-)
+from gateway import configkeys
+from gateway.configkeys import Key, table
+from gateway.configvalues import NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,22 +59,40 @@ class ListenerConfig:
     timeout_idle: float = 60.0
     timeout_client: float = 60.0
     timeout_request: float = 300.0
+    default_backend: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
-    """One ``[route:NAME]``: which requests go to which backend; first match wins."""
+    """One ``[route:NAME]``: which requests go to which backend.
+
+    A route matches when its host, its path condition, ``methods`` (empty: any)
+    and ``header`` (empty: none) all hold; :mod:`gateway.routing` gives the
+    order in which routes are tried.  The path condition is ``path_regex`` if
+    set, else ``path_exact`` if set, else ``path_prefix``; the loader lets a
+    file set only one of the three.  ``header`` is ``name`` or ``name: value``,
+    the name in lower case.
+    """
 
     name: str
     backend: str
     host: str = ""
     path_prefix: str = "/"
     listeners: tuple[str, ...] = ()
+    path_exact: str = ""
+    path_regex: str = ""
+    methods: tuple[str, ...] = ()
+    header: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """One ``[server:NAME]``: an origin server inside a backend."""
+    """One ``[server:NAME]``: an origin server inside a backend.
+
+    ``max_conns`` caps requests in flight to this server (0: only the pool's
+    ``pool_max_conns`` applies); a ``backup`` server takes traffic only while
+    every primary is down; a ``drain`` server gets no new requests.
+    """
 
     name: str
     backend: str
@@ -96,6 +100,9 @@ class ServerConfig:
     host: str
     port: int
     weight: int = 1
+    max_conns: int = 0
+    backup: bool = False
+    drain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +121,28 @@ class BackendConfig:
     pool_max_conns: int = 256
     queue_size: int = 1024
     timeout_queue: float = 5.0
+    hash_key: str = "client_ip"
+    retries: int = 2
+    retry_budget: float = 0.2
+    retry_budget_min: int = 10
+    retry_window: float = 10.0
+    retry_after: float = 5.0
+    check: str = "none"
+    check_interval: float = 2.0
+    check_timeout: float = 1.0
+    check_rise: int = 2
+    check_fall: int = 3
+    check_method: str = "GET"
+    check_path: str = "/"
+    check_host: str = ""
+    check_status: tuple[int, int] = (200, 399)
+    check_body: str = ""
+    eject_consecutive: int = 5
+    eject_statuses: tuple[int, ...] = (502, 503, 504)
+    eject_time: float = 30.0
+    eject_time_max: float = 300.0
+    eject_max_share: float = 0.5
+    slow_start: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,115 +190,24 @@ class ConfigError(Exception):
         return "\n".join(self.problems)
 
 
-class _Required:
-    """The default of a key that has none: the section must set it."""
-
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-
-
-@dataclass(frozen=True, slots=True)
-class Key:
-    """One legal key: how its value parses (and its range), and its default."""
-
-    parser: ValueParser
-    default: Any
-
-    @property
-    def required(self) -> bool:
-        """Whether every section of this kind must set the key."""
-        return self.default is REQUIRED
-
-
-def _table(
-    cls: type, parsers: Mapping[str, ValueParser], required: Iterable[str] = ()
-) -> Mapping[str, Key]:
-    """A key table whose defaults are the dataclass defaults, so they can't drift."""
-    defaults = {f.name: f.default for f in fields(cls)}
-    needed = frozenset(required)
-    return MappingProxyType(
-        {
-            key: Key(parser, REQUIRED if key in needed else defaults[key])
-            for key, parser in parsers.items()
-        }
-    )
-
-
-_DAY = 86400.0
-_TIMEOUT = Duration(0.001, _DAY)
-_GIB = 1024**3
-
-_LISTENER = _table(
-    ListenerConfig,
-    {
-        "bind": Endpoint(),
-        "max_request_line": Size(256, 1024**2),
-        "max_header_size": Size(1024, 1024**2),
-        "max_header_count": Count(1, 10000),
-        "max_body_size": Size(1, 1024 * _GIB, zero="no limit"),
-        "max_connections": Count(1, 1_000_000),
-        "timeout_header": _TIMEOUT,
-        "timeout_idle": _TIMEOUT,
-        "timeout_client": _TIMEOUT,
-        "timeout_request": Duration(0.001, _DAY, zero="no cap"),
-    },
-    required=["bind"],
-)
-_BACKEND = _table(
-    BackendConfig,
-    {
-        "balance": Choice(("roundrobin", "leastconn")),
-        "host_header": HostHeader(),
-        "timeout_connect": _TIMEOUT,
-        "timeout_response": _TIMEOUT,
-        "timeout_read": _TIMEOUT,
-        "pool_max_idle": Count(0, 100_000),
-        "pool_idle_timeout": _TIMEOUT,
-        "pool_max_conns": Count(1, 100_000),
-        "queue_size": Count(0, 1_000_000),
-        "timeout_queue": _TIMEOUT,
-    },
-)
-
 #: Keys that name one section's own resource and so can't come from [defaults].
 IDENTITY_KEYS = frozenset({"bind"})
+
+_LISTENER = table(ListenerConfig, configkeys.LISTENER, configkeys.REQUIRED_KEYS["listener"])
+_BACKEND = table(BackendConfig, configkeys.BACKEND)
 
 #: The single source of truth: section kind -> key -> how it parses, its default.
 SECTION_KEYS: Mapping[str, Mapping[str, Key]] = MappingProxyType(
     {
-        "gateway": _table(
-            GatewaySettings,
-            {
-                "access_log": Boolean(),
-                "server_header": FieldValue(),
-                "via_pseudonym": Token(),
-                "trusted_proxies": NetworkList(),
-            },
-        ),
+        "gateway": table(GatewaySettings, configkeys.GATEWAY),
         "defaults": MappingProxyType(
             {k: v for k, v in {**_LISTENER, **_BACKEND}.items() if k not in IDENTITY_KEYS}
         ),
         "listener": _LISTENER,
-        "route": _table(
-            RouteConfig,
-            {
-                "backend": Name(),
-                "host": RouteHost(),
-                "path_prefix": PathPrefix(),
-                "listeners": NameList(),
-            },
-            required=["backend"],
-        ),
+        "route": table(RouteConfig, configkeys.ROUTE, configkeys.REQUIRED_KEYS["route"]),
         "backend": _BACKEND,
-        "server": _table(
-            ServerConfig,
-            {"backend": Name(), "address": Address(), "weight": Count(1, 1000)},
-            required=["backend", "address"],
-        ),
-        "demo": _table(DemoConfig, {"bind": Endpoint()}, required=["bind"]),
+        "server": table(ServerConfig, configkeys.SERVER, configkeys.REQUIRED_KEYS["server"]),
+        "demo": table(DemoConfig, configkeys.DEMO, configkeys.REQUIRED_KEYS["demo"]),
     }
 )
 
@@ -478,16 +416,23 @@ def _check_references(
     for name, values in found["server"].items():
         if "backend" in values and values["backend"] not in found["backend"]:
             missing(f"server:{name}", "backend", "backend", values["backend"])
+    fallback = {"defaults": found["defaults"].get("", {})}
+    fallback.update({f"listener:{name}": v for name, v in found["listener"].items()})
+    for section, values in fallback.items():
+        backend = values.get("default_backend", "")
+        if backend and backend not in found["backend"]:
+            missing(section, "default_backend", "backend", backend)
     used = {values.get("backend") for values in found["server"].values()}
     for name in found["backend"]:
         if name not in used:
             section = f"backend:{name}"
             message = f"no [server:NAME] has backend = {name}; allowed: at least one server"
             problems.add(lines.of(section), section, "servers", message)
-    for kind in ("listener", "route"):
-        if not found[kind]:
-            message = f"no {kind} is defined; allowed: at least one [{kind}:NAME] section"
-            problems.add(0, f"{kind}:*", "-", message)
+    defaulted = [values.get("default_backend") for values in fallback.values()]
+    routes = "at least one [route:NAME] section, or a listener's default_backend"
+    for kind, allowed in [("listener", "at least one [listener:NAME] section"), ("route", routes)]:
+        if not found[kind] and not (kind == "route" and any(defaulted)):
+            problems.add(0, f"{kind}:*", "-", f"no {kind} is defined; allowed: {allowed}")
     binds: dict[str, str] = {}
     for kind in ("listener", "demo"):
         for name, values in found[kind].items():
@@ -497,6 +442,31 @@ def _check_references(
                 problems.add(lines.of(section, "bind"), section, "bind", message)
             elif bind is not None:
                 binds[bind] = section
+
+
+def _check_rules(
+    found: Mapping[str, Mapping[str, dict[str, Any]]], lines: _Lines, problems: _Problems
+) -> None:
+    """Rules between keys (:func:`gateway.configkeys.cross_key_problems`)."""
+    builtin = {key: spec.default for key, spec in _BACKEND.items()}
+    for section, key, message in configkeys.cross_key_problems(found, builtin):
+        problems.add(lines.of(section, key), section, key, message)
+
+
+def _route_warnings(source: str, config: Config, lines: _Lines) -> tuple[str, ...]:
+    """``FILE:LINE [route:NAME] -: never matches: ...`` for each shadowed route."""
+    # Imported here: gateway.routing builds on this module's RouteConfig.
+    from gateway.routing import shadowed
+
+    listeners = [listener.name for listener in config.listeners]
+    warnings: list[str] = []
+    for route, earlier in shadowed(config.routes, listeners):
+        line, first = lines.of(f"route:{route.name}"), lines.of(f"route:{earlier.name}")
+        warnings.append(
+            f"{source}:{line} [route:{route.name}] -: never matches: "
+            f"shadowed by [route:{earlier.name}] (line {first})"
+        )
+    return tuple(warnings)
 
 
 def _assemble(source: str, found: Mapping[str, Mapping[str, dict[str, Any]]]) -> Config:
@@ -547,8 +517,10 @@ def loads(text: str, source: str) -> Config:
         raise AssertionError("a failed parse always reports a problem")
     found = _sections(parser, lines, problems)
     _check_references(found, lines, problems)
+    _check_rules(found, lines, problems)
     problems.raise_any()
-    return _assemble(source, found)
+    loaded = _assemble(source, found)
+    return replace(loaded, warnings=_route_warnings(source, loaded, lines))
 
 
 def load(path: str) -> Config:

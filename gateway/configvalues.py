@@ -13,6 +13,9 @@ Invariants:
   the check, not the first handshake.
 - Every parser can render a value back (``show``) in a form it accepts again,
   so the documentation's defaults are checked against the code.
+
+Types that belong to a single key (hash keys, header conditions, status codes,
+path regexes) live next to their key in :mod:`gateway.configkeys`.
 """
 
 from __future__ import annotations
@@ -46,12 +49,18 @@ _FALSE = frozenset({"false", "no", "off", "0"})
 
 # RFC 9110 §5.6.2: token = 1*tchar; tchar = "!" / "#" / "$" / "%" / "&" / "'" /
 # "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # RFC 9110 §5.5: field-value = *field-content; no CTLs other than HTAB.
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*\Z")
 # RFC 1123 §2.1 labels; "_" is tolerated because container service names use it.
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 _LIST_SEPARATOR = re.compile(r"[,\s]+")
+# RFC 3986 §3.3 pchar and "/" (with "%" for pct-encoded); §3.4 query adds "?".
+_PCHARS = "!$&'()*+,;=:@%/A-Za-z0-9._~-"
+_PATH = re.compile(rf"/[{_PCHARS}]*\Z")
+_ORIGIN_FORM = re.compile(rf"/[{_PCHARS}]*(?:\?[?{_PCHARS}]*)?\Z")
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+
 
 class ValueParser(Protocol):
     """What the key tables need from a value type."""
@@ -67,7 +76,7 @@ class ValueParser(Protocol):
         """``value`` written back the way a config file would spell it."""
 
 
-def _bad(expected: str, raw: str, allowed: str = "") -> ValueError:
+def value_error(expected: str, raw: str, allowed: str = "") -> ValueError:
     """The one shape of every value error: ``expected X, got 'RAW'[; allowed: Y]``."""
     message = f"expected {expected}, got {raw!r}"
     return ValueError(f"{message}; allowed: {allowed}" if allowed else message)
@@ -103,7 +112,7 @@ class Boolean:
             return True
         if word in _FALSE:
             return False
-        raise _bad("true|false|yes|no|on|off|1|0", raw)
+        raise value_error("true|false|yes|no|on|off|1|0", raw)
 
     def show(self, value: bool) -> str:
         """``true`` or ``false``."""
@@ -121,7 +130,7 @@ class Count:
     def parse(self, raw: str) -> int:
         """The integer; signs, fractions and units are errors."""
         if not re.fullmatch(r"[0-9]+", raw) or not self.low <= int(raw) <= self.high:
-            raise _bad(f"an integer {self.low}..{self.high}", raw)
+            raise value_error(f"an integer {self.low}..{self.high}", raw)
         return int(raw)
 
     def show(self, value: int) -> str:
@@ -150,10 +159,10 @@ class Size:
         match = _SIZE.match(raw)
         unit = match.group(2).lower() if match else ""
         if not match or unit not in _SIZE_UNITS:
-            raise _bad("a size like 512, 64k or 1m", raw, self._allowed())
+            raise value_error("a size like 512, 64k or 1m", raw, self._allowed())
         value = int(match.group(1)) * _SIZE_UNITS[unit]
         if not (self.low <= value <= self.high or (self.zero and value == 0)):
-            raise _bad(f"a size in {self._allowed()}", raw)
+            raise value_error(f"a size in {self._allowed()}", raw)
         return value
 
     def show(self, value: int) -> str:
@@ -171,6 +180,7 @@ class Duration:
     low: float
     high: float
     zero: str = ""
+    whole_seconds: bool = False
     type_name: str = "duration"
 
     def _allowed(self) -> str:
@@ -182,11 +192,13 @@ class Duration:
         match = _DURATION.match(raw)
         unit = match.group(2).lower() if match else ""
         if not match or unit not in _DURATION_UNITS:
-            raise _bad("a duration like 500ms, 10s, 2m or 1h", raw, self._allowed())
+            raise value_error("a duration like 500ms, 10s, 2m or 1h", raw, self._allowed())
         value = float(match.group(1)) * _DURATION_UNITS[unit]
         if not (self.low <= value <= self.high or (self.zero and value == 0)):
-            raise _bad(f"a duration in {self._allowed()}", raw)
-        return value
+            raise value_error(f"a duration in {self._allowed()}", raw)
+        if self.whole_seconds and abs(value - round(value)) > 1e-9:
+            raise value_error("a duration in whole seconds", raw, self._allowed())
+        return float(round(value)) if self.whole_seconds else value
 
     def show(self, value: float) -> str:
         """The largest whole unit (``10s``, ``5m``)."""
@@ -203,7 +215,7 @@ class Choice:
     def parse(self, raw: str) -> str:
         """The word itself."""
         if raw not in self.options:
-            raise _bad("|".join(self.options), raw)
+            raise value_error("|".join(self.options), raw)
         return raw
 
     def show(self, value: str) -> str:
@@ -220,7 +232,7 @@ class FieldValue:
     def parse(self, raw: str) -> str:
         """The text; control characters would let a config inject header lines."""
         if not _FIELD_VALUE.match(raw):
-            raise _bad("header-safe text", raw, "printable characters, no CR/LF")
+            raise value_error("header-safe text", raw, "printable characters, no CR/LF")
         return raw
 
     def show(self, value: str) -> str:
@@ -236,8 +248,8 @@ class Token:
 
     def parse(self, raw: str) -> str:
         """The token."""
-        if not _TOKEN.match(raw):
-            raise _bad("an RFC 9110 token", raw, "letters, digits and !#$%&'*+-.^_`|~")
+        if not TOKEN.match(raw):
+            raise value_error("an RFC 9110 token", raw, "letters, digits and !#$%&'*+-.^_`|~")
         return raw
 
     def show(self, value: str) -> str:
@@ -263,24 +275,29 @@ def is_hostname(text: str) -> bool:
 
 @dataclass(frozen=True)
 class RouteHost:
-    """The host a route matches: empty (any), a DNS name or an IP; lower-cased.
+    """The host a route matches: empty (any), a name, an IP or ``*.NAME``; lower-cased.
 
     Written as the request's Host header writes it, less the port: routing
     strips the request's port, so a port here could never match and is refused.
-    IPv6 literals therefore keep their brackets (``[::1]``).
+    IPv6 literals therefore keep their brackets (``[::1]``).  A wildcard
+    ``*.example.com`` stands for names with at least one more label; its
+    suffix must be a DNS name, because an IP address has no sub-names.
     """
 
     type_name: str = "host"
 
     def parse(self, raw: str) -> str:
         """The host in lower case, because host names compare case-insensitively."""
+        wildcard = raw.startswith("*.")
         literal = raw.startswith("[") and raw.endswith("]") and ":" in raw
-        inner = raw[1:-1] if literal else raw
+        inner = raw[2:] if wildcard else raw[1:-1] if literal else raw
+        if wildcard and (_is_ip(inner) or not is_hostname(inner)):
+            raise value_error("*.NAME", raw, "NAME a DNS name, such as *.example.com")
         if raw and (not is_hostname(inner) or (":" in inner) != literal):
-            raise _bad(
+            raise value_error(
                 "a host name or IP address without port",
                 raw,
-                "empty for any host; IPv6 in brackets ([::1])",
+                "empty for any host; *.NAME for every name under NAME; IPv6 in brackets ([::1])",
             )
         # RFC 9110 §4.2.3: host names are case-insensitive; the root dot is moot.
         return raw.lower().removesuffix(".")
@@ -288,6 +305,14 @@ class RouteHost:
     def show(self, value: str) -> str:
         """The host; empty shows as ``(empty)``."""
         return value or "(empty)"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -306,9 +331,9 @@ class HostHeader:
         except ValueError:
             parts, port = None, None
         if parts is None or parts.netloc != raw or "@" in raw or not parts.hostname:
-            raise _bad("host or host:port", raw, "empty to keep the client's Host")
+            raise value_error("host or host:port", raw, "empty to keep the client's Host")
         if not is_hostname(parts.hostname) or port == 0:
-            raise _bad("host or host:port", raw, "empty to keep the client's Host")
+            raise value_error("host or host:port", raw, "empty to keep the client's Host")
         return raw
 
     def show(self, value: str) -> str:
@@ -318,36 +343,104 @@ class HostHeader:
 
 @dataclass(frozen=True)
 class PathPrefix:
-    """A path prefix: starts with "/", no query, fragment, spaces or controls."""
+    """A path: starts with "/", no query, fragment, spaces or controls.
 
+    With ``optional``, empty is allowed too and means "no path condition".
+    """
+
+    optional: bool = False
     type_name: str = "path"
 
     def parse(self, raw: str) -> str:
-        """The prefix as written."""
-        if not re.fullmatch(r"/[!$&'()*+,;=:@%/A-Za-z0-9._~-]*", raw):
-            raise _bad("a path starting with /", raw, "no spaces, '?' or '#'")
+        """The path as written."""
+        if not (raw == "" and self.optional) and not _PATH.match(raw):
+            extra = "; or empty for none" if self.optional else ""
+            raise value_error("a path starting with /", raw, f"no spaces, '?' or '#'{extra}")
         return raw
 
     def show(self, value: str) -> str:
-        """The prefix."""
+        """The path; empty shows as ``(empty)``."""
+        return value or "(empty)"
+
+
+@dataclass(frozen=True)
+class Target:
+    """An RFC 9112 §3.2.1 origin-form target: ``absolute-path [ "?" query ]``."""
+
+    type_name: str = "target"
+
+    def parse(self, raw: str) -> str:
+        """The target as written."""
+        if not _ORIGIN_FORM.match(raw):
+            expected = "a path starting with /, with an optional ?query"
+            raise value_error(expected, raw, "no spaces or '#'")
+        return raw
+
+    def show(self, value: str) -> str:
+        """The target."""
         return value
 
 
 @dataclass(frozen=True)
 class Name:
-    """The name of another section (``backend = app``)."""
+    """The name of another section (``backend = app``); empty only if ``optional``."""
 
+    optional: bool = False
     type_name: str = "name"
 
     def parse(self, raw: str) -> str:
         """The name; whether it exists is checked once all sections are read."""
-        if not NAME.match(raw):
-            raise _bad("a section name", raw, "[A-Za-z0-9_.-]+")
+        if not (raw == "" and self.optional) and not NAME.match(raw):
+            extra = ", or empty for none" if self.optional else ""
+            raise value_error("a section name", raw, f"[A-Za-z0-9_.-]+{extra}")
         return raw
 
     def show(self, value: str) -> str:
-        """The name."""
-        return value
+        """The name; empty shows as ``(empty)``."""
+        return value or "(empty)"
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A share written as a decimal fraction within ``low..high`` (``0.2``)."""
+
+    low: float = 0.0
+    high: float = 1.0
+    type_name: str = "ratio"
+
+    def parse(self, raw: str) -> float:
+        """The fraction as a float; percentages and signs are errors."""
+        if not _DECIMAL.match(raw) or not self.low <= float(raw) <= self.high:
+            raise value_error(f"a decimal {self.low:g}..{self.high:g}", raw)
+        return float(raw)
+
+    def show(self, value: float) -> str:
+        """The shortest decimal (``0.2``, ``1``)."""
+        return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Methods:
+    """RFC 9110 §9.1 method tokens, each at most once; empty means any method.
+
+    Methods are case-sensitive, so ``get`` is not ``GET``; kept as written.
+    """
+
+    type_name: str = "methods"
+
+    def parse(self, raw: str) -> tuple[str, ...]:
+        """The methods in the order written."""
+        methods = split_list(raw)
+        for method in methods:
+            if not TOKEN.match(method):
+                raise value_error("method tokens", method, "such as GET, POST, comma separated")
+        if len(set(methods)) != len(methods):
+            raise value_error("each method once", raw)
+        return tuple(methods)
+
+    def show(self, value: Sequence[str]) -> str:
+        """Comma separated; empty shows as ``(empty)``."""
+        return ", ".join(value) or "(empty)"
 
 
 def split_list(raw: str) -> list[str]:
@@ -366,9 +459,9 @@ class NameList:
         names = split_list(raw)
         for name in names:
             if not NAME.match(name):
-                raise _bad("section names", name, "[A-Za-z0-9_.-]+, comma separated")
+                raise value_error("section names", name, "[A-Za-z0-9_.-]+, comma separated")
         if len(set(names)) != len(names):
-            raise _bad("each name once", raw)
+            raise value_error("each name once", raw)
         return tuple(names)
 
     def show(self, value: Sequence[str]) -> str:
@@ -389,7 +482,7 @@ class NetworkList:
             try:
                 networks.append(str(ipaddress.ip_network(item, strict=False)))
             except ValueError:
-                raise _bad("an IP address or CIDR network", item) from None
+                raise value_error("an IP address or CIDR network", item) from None
         return tuple(networks)
 
     def show(self, value: Sequence[str]) -> str:
@@ -417,11 +510,11 @@ class Endpoint:
         try:
             endpoint = serverFromString(_NoReactor(), raw)
         except Exception as exc:
-            raise _bad("an endpoint Twisted accepts", raw, f"{allowed} (Twisted: {exc})") from None
+            raise value_error("an endpoint Twisted accepts", raw, f"{allowed} (Twisted: {exc})") from None
         # Twisted accepts any integer here and only fails when it listens.
         port = getattr(endpoint, "_port", 0)
         if isinstance(port, int) and not 0 <= port <= 65535:
-            raise _bad("a port 0..65535", raw, allowed)
+            raise value_error("a port 0..65535", raw, allowed)
         return raw
 
     def show(self, value: str) -> str:
@@ -446,18 +539,18 @@ class Address:
             parts = urlsplit(raw)
             port = parts.port
         except ValueError:
-            raise _bad(form, raw, "port 1..65535") from None
+            raise value_error(form, raw, "port 1..65535") from None
         if parts.scheme == "https":
-            raise _bad(form, raw, "scheme http only; https comes with a later TLS issue")
+            raise value_error(form, raw, "scheme http only; https comes with a later TLS issue")
         if parts.scheme != "http" or not parts.netloc:
-            raise _bad(form, raw, "scheme http")
+            raise value_error(form, raw, "scheme http")
         host = parts.hostname or ""
         if parts.username is not None or not is_hostname(host):
-            raise _bad(form, raw, "HOST is an IP address or host name")
+            raise value_error(form, raw, "HOST is an IP address or host name")
         if port == 0:
-            raise _bad(form, raw, "port 1..65535")
+            raise value_error(form, raw, "port 1..65535")
         if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in raw:
-            raise _bad(form, raw, "no path, query or fragment")
+            raise value_error(form, raw, "no path, query or fragment")
         return parts.scheme, host, 80 if port is None else port
 
     def show(self, value: tuple[str, str, int]) -> str:

@@ -15,6 +15,8 @@ class GatewayError(Exception):
     """
 
     status: int = 500
+    #: Extra header fields for the error page (``Retry-After`` on a 503).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, reason: str, status: int | None = None) -> None:
         super().__init__(reason)
@@ -63,9 +65,18 @@ class UpstreamProtocolError(BadGateway):
 
 
 class ServiceUnavailable(GatewayError):
-    """No server can take the request now (queue full, queue timeout, all down)."""
+    """No server can take the request now (queue full, queue timeout, all down).
+
+    ``retry_after`` (seconds) becomes a ``Retry-After`` field (RFC 9110 §10.2.3)
+    so well-behaved clients back off instead of hammering.
+    """
 
     status = 503
+
+    def __init__(self, reason: str, retry_after: float = 0.0) -> None:
+        super().__init__(reason)
+        if retry_after > 0:
+            self.headers = ((b"Retry-After", b"%d" % max(1, round(retry_after))),)
 
 
 class GatewayTimeout(GatewayError):

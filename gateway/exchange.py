@@ -80,6 +80,8 @@ class Exchange:
         self.backend = backend
         self.runtime = runtime
         self.phase = Phase.PICKING
+        #: True once the response head has gone to the client (stays True after).
+        self.responding = False
         self.status = 0
         self.body_bytes = 0
         self.upstream_address = "-"
@@ -94,7 +96,6 @@ class Exchange:
         self._sent_at = 0.0
         self._framing = _Framing.RAW
         self._keep_alive = False
-        self._head_bytes = b""
 
     # -- start and server choice ---------------------------------------------
 
@@ -174,6 +175,7 @@ class Exchange:
         now = self.client.reactor.seconds()
         self.upstream_time = now - self._sent_at
         self.phase = Phase.STREAMING
+        self.responding = True
         self.status = response.status
         client = self.client
         client.transport.write(self._response_head(response))
@@ -261,10 +263,6 @@ class Exchange:
             lease.release()
         self.phase = Phase.DONE
 
-    @property
-    def responding(self) -> bool:
-        """True once the response head has gone to the client."""
-        return self.phase is Phase.STREAMING
 
     def _client_blocked(self) -> None:
         conn = self._upstream

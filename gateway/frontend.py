@@ -193,7 +193,9 @@ class ClientConnection(Protocol):
             # replaced by the target's authority.
             host, path = split_target(target)
         runtime = self.factory.runtime()
-        route = runtime.routes[self.factory.listener_name].match(host, path)
+        route = runtime.routes[self.factory.listener_name].match(
+            host, path, request.method, request.headers
+        )
         if route is None:
             self._reject(NotFound("no route"), request)
             return
@@ -296,7 +298,7 @@ class ClientConnection(Protocol):
         assert request is not None
         keep_alive = request.keep_alive and not self._body_open and self._body_pending() == 0
         self._body_open = False
-        self._write_error(error.status, request, keep_alive)
+        self._write_error(error.status, request, keep_alive, error.headers)
         self._next(keep_alive)
 
     # -- errors ----------------------------------------------------------------------
@@ -306,12 +308,13 @@ class ClientConnection(Protocol):
     ) -> None:
         """Answer a client-side error with our page and a log line."""
         self._end_request()
-        log.info(
-            "rejected request from {peer}: {status} {reason}",
-            peer=self.peer_ip,
-            status=error.status,
-            reason=error.reason,
-        )
+        if error.status < 500:
+            log.info(
+                "rejected request from {peer}: {status} {reason}",
+                peer=self.peer_ip,
+                status=error.status,
+                reason=error.reason,
+            )
         if exchange is not None:
             self._log(exchange, error.status, error.reason)
         else:
@@ -324,10 +327,16 @@ class ClientConnection(Protocol):
             and not request.chunked
             and request.content_length == 0
         )
-        self._write_error(error.status, request, keep_alive)
+        self._write_error(error.status, request, keep_alive, error.headers)
         self._next(keep_alive)
 
-    def _write_error(self, status: int, request: Request | None, keep_alive: bool) -> None:
+    def _write_error(
+        self,
+        status: int,
+        request: Request | None,
+        keep_alive: bool,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         runtime = self.factory.runtime()
         self.transport.write(
             error_response(
@@ -335,7 +344,7 @@ class ClientConnection(Protocol):
                 server=runtime.server_header,
                 close=not keep_alive,
                 head_only=request is not None and request.method == b"HEAD",
-                extra_headers=((b"Date", http_date(self.reactor.seconds())),),
+                extra_headers=((b"Date", http_date(self.reactor.seconds())), *extra),
             )
         )
 
@@ -458,11 +467,17 @@ class ClientConnection(Protocol):
             timer.cancel()
 
     def _log(self, exchange: Exchange, status: int, note: str | None = None) -> None:
-        if note is not None and status >= 500:
-            log.warn(
+        """The access line, preceded by a note on what went wrong, if anything did.
+
+        Notes on gateway-made 5xx answers and on cut-off responses are warnings;
+        a client that went away is ordinary (info).
+        """
+        if note is not None:
+            emit = log.warn if status >= 500 or exchange.responding else log.info
+            emit(
                 "{method} {path} from {peer}: {status} {note}",
-                method=exchange.request.method,
-                path=exchange.path,
+                method=exchange.request.method.decode("latin-1"),
+                path=exchange.path.decode("latin-1"),
                 peer=self.peer_ip,
                 status=status,
                 note=note,

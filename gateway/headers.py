@@ -62,9 +62,22 @@ _REQUEST_RULED: frozenset[bytes] = frozenset(
         b"x-forwarded-host",
         b"forwarded",
         b"via",
+        b"content-length",
     }
 )
-_RESPONSE_RULED: frozenset[bytes] = frozenset({b"server", b"via", b"date"})
+_RESPONSE_RULED: frozenset[bytes] = frozenset({b"server", b"via", b"date", b"content-length"})
+
+
+def _one_length(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """The single Content-Length field to forward for a received one.
+
+    RFC 9110 §8.6: a recipient of a list of identical values (``3, 3``) may
+    treat it as one value; a proxy MUST NOT forward a value that doesn't match
+    the ABNF. The parser has already checked that every received value is the
+    same number, so the first field's first member is the whole truth, and any
+    further Content-Length fields are dropped.
+    """
+    return name, value.partition(b",")[0].strip()
 
 # RFC 9110 §5.6.2: tchar. bytes.translate(None, _TCHAR) deletes every tchar, so
 # an empty result means the value is a token and may go unquoted (RFC 7239 §4).
@@ -181,7 +194,7 @@ def request_headers(
 
     - Hop-by-hop fields (:func:`is_hop_by_hop`) and fields named in
       ``connection`` are dropped (RFC 9110 §7.6.1). That includes Connection and
-      Transfer-Encoding; Content-Length is kept. The caller adds its own framing
+      Transfer-Encoding; Content-Length is kept, once (:func:`_one_length`). The caller adds its own framing
       for the upstream hop (Transfer-Encoding: chunked when it streams a body of
       unknown length) and its own Connection if any.
     - Host: the first Host stays in place (name as received) with the value
@@ -217,9 +230,16 @@ def request_headers(
     fwd: list[bytes] | None = None
     via_in: list[bytes] | None = None
 
+    length_seen = False
+
     for pair in headers:
         name = pair[0].lower()
         if name in _REQUEST_RULED:
+            if name == b"content-length":
+                if not length_seen:
+                    length_seen = True
+                    append(_one_length(*pair))
+                continue
             if name == b"host":
                 if not host_seen:
                     host_seen = True
@@ -350,7 +370,8 @@ def response_headers(
     version (``b"1.1"``/``b"1.0"``). ``server``: our Server value; b"" sends none.
 
     - Hop-by-hop fields and fields named in ``connection`` are dropped (RFC 9110
-      §7.6.1). Framing left in the list: Content-Length only, as received.
+      §7.6.1). Framing left in the list: Content-Length only, once
+      (:func:`_one_length`).
       Removed: Connection, Keep-Alive, Transfer-Encoding, Trailer, TE, Upgrade,
       Proxy-Connection and every ``proxy-*`` field. The front end adds its own
       framing (Content-Length or Transfer-Encoding: chunked) and Connection, and
@@ -368,11 +389,16 @@ def response_headers(
     server_done = not server
     via_in: list[bytes] | None = None
     dated = False
+    length_seen = False
 
     for pair in headers:
         name = pair[0].lower()
         if name in _RESPONSE_RULED:
-            if name == b"server":
+            if name == b"content-length":
+                if not length_seen:
+                    length_seen = True
+                    append(_one_length(*pair))
+            elif name == b"server":
                 if not server_done:
                     server_done = True
                     append((b"Server", server))

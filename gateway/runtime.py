@@ -54,7 +54,8 @@ class Runtime:
         self.server_header = settings.server_header.encode("latin-1")
         self.access_log = settings.access_log
         self.routes = {
-            listener.name: RouteTable(config.routes, listener.name) for listener in config.listeners
+            listener.name: RouteTable(config.routes, listener.name, listener.default_backend)
+            for listener in config.listeners
         }
         self.limits = {
             listener.name: HeadLimits(

@@ -237,7 +237,7 @@ class DefaultsTests(SynchronousTestCase):
         """A [defaults] value is checked where it is written."""
         self.assertEqual(
             problems(MINIMAL + "[defaults]\nbalance = rr\n"),
-            ("gw.ini:10 [defaults] balance: expected roundrobin|leastconn, got 'rr'",),
+            ("gw.ini:10 [defaults] balance: expected roundrobin|leastconn|hash|random2, got 'rr'",),
         )
 
     def test_table(self) -> None:
@@ -254,7 +254,8 @@ class ErrorTests(SynchronousTestCase):
         text = MINIMAL.replace("[backend:app]", "[backend:app]\nbalance = rr")
         self.assertEqual(
             problems(text, "etc/gw.ini"),
-            ("etc/gw.ini:4 [backend:app] balance: expected roundrobin|leastconn, got 'rr'",),
+            ("etc/gw.ini:4 [backend:app] balance: "
+             "expected roundrobin|leastconn|hash|random2, got 'rr'",),
         )
 
     def test_unknown_section_kind(self) -> None:
@@ -296,8 +297,8 @@ class ErrorTests(SynchronousTestCase):
         """An unknown key is named with its line and the keys the section takes."""
         self.assertEqual(
             problems(MINIMAL.replace("[route:all]", "[route:all]\nprefix = /")),
-            ("gw.ini:8 [route:all] prefix: unknown key; "
-             "allowed: backend, host, path_prefix, listeners",),
+            ("gw.ini:8 [route:all] prefix: unknown key; allowed: backend, host, "
+             "path_prefix, path_exact, path_regex, methods, header, listeners",),
         )
 
     def test_duplicate_section(self) -> None:
@@ -397,8 +398,8 @@ class ErrorTests(SynchronousTestCase):
         """A file without routes is refused as a whole (line 0)."""
         self.assertEqual(
             problems(MINIMAL.replace("[route:all]\nbackend = app\n", "")),
-            ("gw.ini:0 [route:*] -: no route is defined; "
-             "allowed: at least one [route:NAME] section",),
+            ("gw.ini:0 [route:*] -: no route is defined; allowed: at least one "
+             "[route:NAME] section, or a listener's default_backend",),
         )
 
     def test_empty_file(self) -> None:
@@ -547,6 +548,12 @@ class CountTests(SynchronousTestCase):
         ("backend", "pool_max_conns", 1, 100_000),
         ("backend", "queue_size", 0, 1_000_000),
         ("server", "weight", 1, 1000),
+        ("server", "max_conns", 0, 100_000),
+        ("backend", "retries", 0, 10),
+        ("backend", "retry_budget_min", 0, 10_000),
+        ("backend", "check_rise", 1, 100),
+        ("backend", "check_fall", 1, 100),
+        ("backend", "eject_consecutive", 0, 1000),
     ]
 
     def test_bounds(self) -> None:
@@ -602,8 +609,17 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(parse("route", "host", "WWW.Example.COM."), "www.example.com")
         self.assertEqual(parse("route", "host", "[::1]"), "[::1]")
         self.assertEqual(parse("route", "host", "10.0.0.1"), "10.0.0.1")
-        for raw in ["example.com:80", "::1", "*.example.com", "a b", "-a.com", "1.2.3.999"]:
+        for raw in ["example.com:80", "::1", "a b", "-a.com", "1.2.3.999"]:
             self.assertRaises(ValueError, parse, "route", "host", raw)
+
+    def test_route_host_wildcard(self) -> None:
+        """*.NAME covers the names under NAME; NAME must be a DNS name, not an IP."""
+        self.assertEqual(parse("route", "host", "*.Example.COM."), "*.example.com")
+        self.assertEqual(parse("route", "host", "*.com"), "*.com")
+        for raw in ["*", "*.", "*example.com", "a.*.com", "*.*.com", "*.10.0.0.1",
+                    "*.[::1]", "*.example.com:80", "**.example.com"]:
+            error = self.assertRaises(ValueError, parse, "route", "host", raw)
+            self.assertIn(repr(raw), str(error))
 
     def test_path_prefix(self) -> None:
         """A path prefix starts with / and has no spaces, query or fragment."""
@@ -680,8 +696,10 @@ class TableTests(SynchronousTestCase):
             names = {f.name for f in dataclasses.fields(cls)} - {"name", "servers"}
             self.assertEqual(set(SECTION_KEYS[kind]), names, kind)
         server_fields = {f.name for f in dataclasses.fields(ServerConfig)}
-        self.assertEqual(server_fields - {"name", "scheme", "host", "port"}, {"backend", "weight"})
-        self.assertEqual(set(SECTION_KEYS["server"]), {"backend", "address", "weight"})
+        self.assertEqual(
+            set(SECTION_KEYS["server"]),
+            server_fields - {"name", "scheme", "host", "port"} | {"address"},
+        )
 
     def test_defaults_round_trip(self) -> None:
         """Every default, written back by its parser, parses to itself."""
@@ -691,6 +709,432 @@ class TableTests(SynchronousTestCase):
                     shown = spec.parser.show(spec.default)
                     raw = "" if shown == "(empty)" else shown
                     self.assertEqual(spec.parser.parse(raw), spec.default, f"{kind}.{key}")
+
+
+BALANCED = MINIMAL.replace("[backend:app]\n", "[backend:app]\n{backend}").replace(
+    "address = http://127.0.0.1:8081\n", "address = http://127.0.0.1:8081\n{server}"
+)
+
+
+def balanced(backend: str = "", server: str = "", more: str = "") -> str:
+    """MINIMAL with lines added to [backend:app] and [server:app1], and ``more`` at the end."""
+    return BALANCED.format(backend=backend, server=server) + more
+
+
+class BalancingKeysTests(SynchronousTestCase):
+    """Load balancing, health checks, retries and ejection keys land in their fields."""
+
+    def test_every_key(self) -> None:
+        """Every backend and server key of the balancing issue, converted."""
+        backend_keys = """\
+balance = hash
+hash_key = header:X-User
+retries = 0
+retry_budget = 0.5
+retry_budget_min = 0
+retry_window = 1m
+retry_after = 30s
+check = http
+check_interval = 5s
+check_timeout = 500ms
+check_rise = 1
+check_fall = 10
+check_method = HEAD
+check_path = /health?full=1
+check_host = health.internal
+check_status = 200
+check_body = ok
+eject_consecutive = 0
+eject_statuses = 500 502
+eject_time = 10s
+eject_time_max = 1h
+eject_max_share = 1
+slow_start = 20s
+"""
+        server_keys = "max_conns = 100\nbackup = no\ndrain = yes\n"
+        loaded = config.loads(balanced(backend_keys, server_keys), "gw.ini")
+        server = ServerConfig(
+            "app1", "app", "http", "127.0.0.1", 8081, max_conns=100, backup=False, drain=True
+        )
+        expected = BackendConfig(
+            "app", (server,), balance="hash", hash_key="header:x-user", retries=0,
+            retry_budget=0.5, retry_budget_min=0, retry_window=60.0, retry_after=30.0,
+            check="http", check_interval=5.0, check_timeout=0.5, check_rise=1, check_fall=10,
+            check_method="HEAD", check_path="/health?full=1", check_host="health.internal",
+            check_status=(200, 200), check_body="ok", eject_consecutive=0,
+            eject_statuses=(500, 502), eject_time=10.0, eject_time_max=3600.0,
+            eject_max_share=1.0, slow_start=20.0,
+        )
+        self.assertEqual(loaded.backends, (expected,))
+
+    def test_defaults(self) -> None:
+        """Unset, the keys take their documented defaults."""
+        backend = config.loads(MINIMAL, "gw.ini").backend("app")
+        self.assertEqual(
+            (backend.balance, backend.hash_key, backend.retries, backend.retry_budget,
+             backend.retry_budget_min, backend.retry_window, backend.retry_after, backend.check,
+             backend.check_status, backend.eject_statuses, backend.slow_start),
+            ("roundrobin", "client_ip", 2, 0.2, 10, 10.0, 5.0, "none", (200, 399),
+             (502, 503, 504), 0.0),
+        )
+        server = backend.servers[0]
+        self.assertEqual((server.weight, server.max_conns, server.backup, server.drain),
+                         (1, 0, False, False))
+
+    def test_in_defaults_section(self) -> None:
+        """Every new backend key may be set in [defaults] and is inherited."""
+        text = MINIMAL + "[defaults]\nbalance = random2\ncheck = tcp\neject_time_max = 1m\n"
+        backend = config.loads(text, "gw.ini").backend("app")
+        self.assertEqual((backend.balance, backend.check, backend.eject_time_max),
+                         ("random2", "tcp", 60.0))
+        for key in ("hash_key", "retries", "retry_budget", "check_status", "slow_start"):
+            self.assertIn(key, SECTION_KEYS["defaults"])
+
+    def test_hash_key_without_hash(self) -> None:
+        """hash_key with another balance is allowed (it is simply unused)."""
+        backend = config.loads(balanced("hash_key = uri\n"), "gw.ini").backend("app")
+        self.assertEqual((backend.balance, backend.hash_key), ("roundrobin", "uri"))
+
+
+class BalancingValueTests(SynchronousTestCase):
+    """Each new value type and range, on both sides of each bound."""
+
+    def test_balance(self) -> None:
+        """balance is one of four algorithms."""
+        for raw in ["roundrobin", "leastconn", "hash", "random2"]:
+            self.assertEqual(parse("backend", "balance", raw), raw)
+        error = self.assertRaises(ValueError, parse, "backend", "balance", "random")
+        self.assertEqual(
+            str(error), "expected roundrobin|leastconn|hash|random2, got 'random'"
+        )
+
+    def test_check(self) -> None:
+        """check is none, http or tcp."""
+        for raw in ["none", "http", "tcp"]:
+            self.assertEqual(parse("backend", "check", raw), raw)
+        for raw in ["HTTP", "off", ""]:
+            self.assertRaises(ValueError, parse, "backend", "check", raw)
+
+    def test_hash_key(self) -> None:
+        """client_ip, uri, header:NAME (lower-cased) or cookie:NAME (kept), NAME a token."""
+        cases = [("client_ip", "client_ip"), ("uri", "uri"), ("header:X-User", "header:x-user"),
+                 ("cookie:SessionID", "cookie:SessionID")]
+        for raw, value in cases:
+            self.assertEqual(parse("backend", "hash_key", raw), value)
+        for raw in ["", "ip", "header", "header:", "cookie:a b", "header:a:b", "Header:x",
+                    "query:q"]:
+            error = self.assertRaises(ValueError, parse, "backend", "hash_key", raw)
+            self.assertEqual(
+                str(error), f"expected client_ip|uri|header:NAME|cookie:NAME, got {raw!r}; "
+                "allowed: NAME an RFC 9110 token",
+            )
+
+    def test_ratios(self) -> None:
+        """retry_budget and eject_max_share are decimals 0..1."""
+        for key in ("retry_budget", "eject_max_share"):
+            for raw, value in [("0", 0.0), ("1", 1.0), ("0.25", 0.25), (".5", 0.5), ("1.0", 1.0)]:
+                self.assertEqual(parse("backend", key, raw), value)
+            for raw in ["1.01", "-0.1", "20%", "", "1e-1", "nan", "2"]:
+                error = self.assertRaises(ValueError, parse, "backend", key, raw)
+                self.assertEqual(str(error), f"expected a decimal 0..1, got {raw!r}")
+
+    def test_duration_bounds(self) -> None:
+        """Each new duration accepts its bounds and refuses either side."""
+        cases = [
+            ("retry_window", "1s", 1.0, "1h", 3600.0, ["999ms", "3601s"], "1s..1h"),
+            ("retry_after", "1s", 1.0, "1h", 3600.0, ["0", "3601"], "1s..1h"),
+            ("check_interval", "100ms", 0.1, "1h", 3600.0, ["99ms", "61m"], "100ms..1h"),
+            ("check_timeout", "1ms", 0.001, "1h", 3600.0, ["0", "3601s"], "1ms..1h"),
+            ("eject_time", "1s", 1.0, "1h", 3600.0, ["0.5s", "2h"], "1s..1h"),
+            ("eject_time_max", "1s", 1.0, "24h", 86400.0, ["999ms", "25h"], "1s..24h"),
+            ("slow_start", "1s", 1.0, "1h", 3600.0, ["500ms", "3601"], "0 (off) or 1s..1h"),
+        ]
+        for key, low, low_value, high, high_value, outside, allowed in cases:
+            self.assertEqual(parse("backend", key, low), low_value, key)
+            self.assertEqual(parse("backend", key, high), high_value, key)
+            for raw in outside:
+                error = self.assertRaises(ValueError, parse, "backend", key, raw)
+                self.assertEqual(str(error), f"expected a duration in {allowed}, got {raw!r}")
+
+    def test_slow_start_off(self) -> None:
+        """slow_start = 0 turns it off."""
+        self.assertEqual(parse("backend", "slow_start", "0"), 0.0)
+
+    def test_retry_after_whole_seconds(self) -> None:
+        """Retry-After is sent as delay-seconds, so only whole seconds are accepted."""
+        self.assertEqual(parse("backend", "retry_after", "2000ms"), 2.0)
+        self.assertEqual(parse("backend", "retry_after", "1.5m"), 90.0)
+        error = self.assertRaises(ValueError, parse, "backend", "retry_after", "1.5s")
+        self.assertEqual(
+            str(error), "expected a duration in whole seconds, got '1.5s'; allowed: 1s..1h"
+        )
+
+    def test_booleans(self) -> None:
+        """backup and drain are booleans."""
+        for key in ("backup", "drain"):
+            self.assertIs(parse("server", key, "yes"), True)
+            self.assertIs(parse("server", key, "off"), False)
+            self.assertRaises(ValueError, parse, "server", key, "maybe")
+
+    def test_check_method(self) -> None:
+        """check_method is an RFC 9110 method token, kept as written."""
+        for raw in ["GET", "HEAD", "OPTIONS", "PROPFIND"]:
+            self.assertEqual(parse("backend", "check_method", raw), raw)
+        for raw in ["", "G ET", "GET/", "GÉT"]:
+            self.assertRaises(ValueError, parse, "backend", "check_method", raw)
+
+    def test_check_path(self) -> None:
+        """check_path is origin-form: a path starting with /, maybe a query."""
+        for raw in ["/", "/health", "/health?full=1&x=/y?"]:
+            self.assertEqual(parse("backend", "check_path", raw), raw)
+        for raw in ["", "health", "/a b", "/a#b", "http://h/x", "?x"]:
+            error = self.assertRaises(ValueError, parse, "backend", "check_path", raw)
+            self.assertTrue(str(error).startswith("expected a path starting with /"), raw)
+
+    def test_check_host(self) -> None:
+        """check_host is empty (the server's address), host or host:port."""
+        for raw in ["", "health.internal", "health.internal:8080", "[::1]:80"]:
+            self.assertEqual(parse("backend", "check_host", raw), raw)
+        for raw in ["a b", "a/b", "a:0", "u@h"]:
+            self.assertRaises(ValueError, parse, "backend", "check_host", raw)
+
+    def test_check_status(self) -> None:
+        """check_status is LO-HI or one code, 100 <= LO <= HI <= 599."""
+        cases = [("200-399", (200, 399)), ("200", (200, 200)), ("100-599", (100, 599)),
+                 ("204 - 204", (204, 204))]
+        for raw, value in cases:
+            self.assertEqual(parse("backend", "check_status", raw), value)
+        for raw in ["099-200", "99", "200-600", "600", "400-300", "2xx", "200-", "", "-200"]:
+            error = self.assertRaises(ValueError, parse, "backend", "check_status", raw)
+            self.assertEqual(
+                str(error), f"expected a status range like 200-399, or one status, got {raw!r}; "
+                "allowed: 100..599, low first",
+            )
+
+    def test_check_status_show(self) -> None:
+        """A range is written LO-HI, a single code alone."""
+        spec = SECTION_KEYS["backend"]["check_status"].parser
+        self.assertEqual((spec.show((200, 399)), spec.show((200, 200))), ("200-399", "200"))
+
+    def test_check_body(self) -> None:
+        """check_body is text: empty (no body check) or printable."""
+        self.assertEqual(parse("backend", "check_body", ""), "")
+        self.assertEqual(parse("backend", "check_body", "status: ok"), "status: ok")
+        self.assertRaises(ValueError, parse, "backend", "check_body", "a\nb")
+
+    def test_eject_statuses(self) -> None:
+        """eject_statuses lists codes 500..599, each once; empty is allowed."""
+        self.assertEqual(parse("backend", "eject_statuses", "500, 599 503"), (500, 599, 503))
+        self.assertEqual(parse("backend", "eject_statuses", ""), ())
+        for raw in ["499", "600", "5xx", "50", "5000"]:
+            error = self.assertRaises(ValueError, parse, "backend", "eject_statuses", raw)
+            self.assertEqual(
+                str(error), f"expected status codes 500..599, got {raw!r}; allowed: comma separated"
+            )
+        error = self.assertRaises(ValueError, parse, "backend", "eject_statuses", "502, 502")
+        self.assertEqual(str(error), "expected each status once, got '502, 502'")
+
+
+class BackendRuleTests(SynchronousTestCase):
+    """Rules between the keys of one backend, and of its servers."""
+
+    def test_check_timeout_below_interval(self) -> None:
+        """check_timeout must be shorter than check_interval: equal is refused."""
+        config.loads(balanced("check_interval = 2s\ncheck_timeout = 1999ms\n"), "gw.ini")
+        self.assertEqual(
+            problems(balanced("check_interval = 2s\ncheck_timeout = 2s\n")),
+            ("gw.ini:5 [backend:app] check_timeout: check_timeout 2s is not shorter than "
+             "check_interval 2s; allowed: check_timeout < check_interval",),
+        )
+
+    def test_check_interval_blamed(self) -> None:
+        """When the backend sets only check_interval, the problem is reported there."""
+        self.assertEqual(
+            problems(balanced("check_interval = 500ms\n")),
+            ("gw.ini:4 [backend:app] check_interval: check_timeout 1s is not shorter than "
+             "check_interval 500ms; allowed: check_timeout < check_interval",),
+        )
+
+    def test_clash_from_defaults(self) -> None:
+        """A clash inherited from [defaults] is reported once, at [defaults]."""
+        text = MINIMAL + "[backend:b]\n[server:b1]\nbackend = b\naddress = http://h:1\n"
+        self.assertEqual(
+            problems(text + "[defaults]\ncheck_timeout = 3s\n"),
+            ("gw.ini:14 [defaults] check_timeout: check_timeout 3s is not shorter than "
+             "check_interval 2s; allowed: check_timeout < check_interval",),
+        )
+
+    def test_clash_with_defaults(self) -> None:
+        """A backend's own key clashing with a [defaults] value is reported at the backend."""
+        text = balanced("check_interval = 1s\n", more="[defaults]\ncheck_timeout = 1s\n")
+        (problem,) = problems(text)
+        self.assertTrue(problem.startswith("gw.ini:4 [backend:app] check_interval: "), problem)
+
+    def test_eject_time_max(self) -> None:
+        """eject_time_max must be at least eject_time: equal is fine, shorter is not."""
+        config.loads(balanced("eject_time = 1m\neject_time_max = 60s\n"), "gw.ini")
+        self.assertEqual(
+            problems(balanced("eject_time = 1m\neject_time_max = 59s\n")),
+            ("gw.ini:5 [backend:app] eject_time_max: eject_time_max 59s is shorter than "
+             "eject_time 1m; allowed: eject_time_max >= eject_time",),
+        )
+
+    def test_all_backup(self) -> None:
+        """A backend whose servers are all backups is refused at its header."""
+        self.assertEqual(
+            problems(balanced(server="backup = yes\n")),
+            ("gw.ini:3 [backend:app] servers: every server of this backend has backup = true, "
+             "so none serves while all are up; allowed: at least one server with backup = false",),
+        )
+
+    def test_one_primary_enough(self) -> None:
+        """One server that is not a backup is enough; draining servers are fine too."""
+        more = "[server:app2]\nbackend = app\naddress = http://h:2\nbackup = yes\n"
+        loaded = config.loads(balanced(server="drain = yes\n", more=more), "gw.ini")
+        self.assertEqual([s.backup for s in loaded.backend("app").servers], [False, True])
+
+
+class RouteKeysTests(SynchronousTestCase):
+    """Route conditions and a listener's default backend."""
+
+    def test_conditions_load(self) -> None:
+        """path_exact, path_regex, methods and header land in their fields."""
+        text = MINIMAL + (
+            "[route:exact]\nbackend = app\npath_exact = /login\nmethods = POST, PUT\n"
+            "header = X-Canary: yes\n"
+            "[route:regex]\nbackend = app\nhost = *.Example.com\npath_regex = /v[0-9]+/\n"
+        )
+        loaded = config.loads(text, "gw.ini")
+        self.assertEqual(
+            loaded.routes[1:],
+            (
+                RouteConfig("exact", "app", path_exact="/login", methods=("POST", "PUT"),
+                            header="x-canary: yes"),
+                RouteConfig("regex", "app", host="*.example.com", path_regex="/v[0-9]+/"),
+            ),
+        )
+
+    def test_one_path_condition(self) -> None:
+        """At most one of path_prefix, path_exact and path_regex."""
+        text = MINIMAL + "path_prefix = /a\npath_exact = /a\npath_regex = /a\n"
+        self.assertEqual(
+            problems(text),
+            (
+                "gw.ini:10 [route:all] path_exact: conflicts with path_prefix; "
+                "allowed: one of path_prefix, path_exact, path_regex",
+                "gw.ini:11 [route:all] path_regex: conflicts with path_prefix; "
+                "allowed: one of path_prefix, path_exact, path_regex",
+            ),
+        )
+
+    def test_exact_and_regex(self) -> None:
+        """path_exact with path_regex is refused too, at path_regex."""
+        (problem,) = problems(MINIMAL + "path_regex = /a\npath_exact = /a\n")
+        self.assertTrue(problem.startswith("gw.ini:9 [route:all] path_regex: conflicts with "
+                                           "path_exact;"), problem)
+
+    def test_empty_conditions_are_unset(self) -> None:
+        """An empty path_exact or path_regex sets nothing, so path_prefix may stay."""
+        text = MINIMAL + "path_prefix = /a\npath_exact =\npath_regex =\n"
+        self.assertEqual(config.loads(text, "gw.ini").routes[0].path_prefix, "/a")
+
+    def test_path_exact(self) -> None:
+        """path_exact is empty (none) or a path without query."""
+        self.assertEqual(parse("route", "path_exact", "/a/b"), "/a/b")
+        self.assertEqual(parse("route", "path_exact", ""), "")
+        for raw in ["a", "/a?b", "/a b", "/a#b"]:
+            self.assertRaises(ValueError, parse, "route", "path_exact", raw)
+
+    def test_path_regex(self) -> None:
+        """path_regex must compile with Python's re, in printable ASCII."""
+        for raw in ["", "/v[0-9]+/", r".*\.php$", "/(a|b)"]:
+            self.assertEqual(parse("route", "path_regex", raw), raw)
+        error = self.assertRaises(ValueError, parse, "route", "path_regex", "/(a")
+        self.assertTrue(
+            str(error).startswith(
+                "expected a regular expression Python's re compiles, got '/(a'; allowed: missing )"
+            ),
+            str(error),
+        )
+        for raw in ["/é", "/a\tb"]:
+            error = self.assertRaises(ValueError, parse, "route", "path_regex", raw)
+            self.assertEqual(
+                str(error), f"expected a regular expression, got {raw!r}; allowed: printable ASCII"
+            )
+
+    def test_methods(self) -> None:
+        """methods are tokens separated by commas or spaces, each once, kept as written."""
+        self.assertEqual(parse("route", "methods", "GET, HEAD POST"), ("GET", "HEAD", "POST"))
+        self.assertEqual(parse("route", "methods", ""), ())
+        self.assertRaises(ValueError, parse, "route", "methods", "GET, GET")
+        self.assertRaises(ValueError, parse, "route", "methods", "GET/1")
+
+    def test_header(self) -> None:
+        """header is Name or Name: value; the name is lower-cased, the value kept."""
+        cases = [("X-Canary", "x-canary"), ("X-Canary: Yes", "x-canary: Yes"),
+                 ("X-A :  a b ", "x-a: a b"), ("", "")]
+        for raw, value in cases:
+            self.assertEqual(parse("route", "header", raw), value)
+        for raw in ["X A", "X-A:", ": v", "X-A: \x01", "X-A: é", "X-A/B: 1"]:
+            error = self.assertRaises(ValueError, parse, "route", "header", raw)
+            self.assertEqual(
+                str(error), f"expected Name or Name: value, got {raw!r}; "
+                "allowed: Name an RFC 9110 token; value printable ASCII, not empty",
+            )
+
+    def test_default_backend(self) -> None:
+        """A listener's default_backend must name a backend."""
+        text = MINIMAL.replace("bind = tcp:8080", "bind = tcp:8080\ndefault_backend = app")
+        self.assertEqual(config.loads(text, "gw.ini").listeners[0].default_backend, "app")
+        self.assertEqual(
+            problems(text.replace("default_backend = app", "default_backend = nope")),
+            ("gw.ini:3 [listener:web] default_backend: no [backend:nope] section; "
+             "allowed: app",),
+        )
+        self.assertRaises(ValueError, parse, "listener", "default_backend", "a b")
+
+    def test_default_backend_in_defaults(self) -> None:
+        """default_backend may be set in [defaults]; it is checked there."""
+        loaded = config.loads(MINIMAL + "[defaults]\ndefault_backend = app\n", "gw.ini")
+        self.assertEqual(loaded.listeners[0].default_backend, "app")
+        self.assertEqual(
+            problems(MINIMAL + "[defaults]\ndefault_backend = x\n"),
+            ("gw.ini:10 [defaults] default_backend: no [backend:x] section; allowed: app",),
+        )
+
+    def test_no_route_with_default_backend(self) -> None:
+        """A default backend is enough: routes become optional."""
+        text = MINIMAL.replace("[route:all]\nbackend = app\n", "").replace(
+            "bind = tcp:8080", "bind = tcp:8080\ndefault_backend = app"
+        )
+        self.assertEqual(config.loads(text, "gw.ini").routes, ())
+
+
+class ShadowWarningTests(SynchronousTestCase):
+    """Routes that can never match are warned about, and the file still loads."""
+
+    def test_warning_format(self) -> None:
+        """FILE:LINE [route:NAME] -: never matches: shadowed by [route:OTHER] (line N)."""
+        text = MINIMAL + "[route:api]\nbackend = app\npath_prefix = /api\n"
+        self.assertEqual(
+            config.loads(text, "gw.ini").warnings,
+            ("gw.ini:9 [route:api] -: never matches: shadowed by [route:all] (line 7)",),
+        )
+
+    def test_no_warning(self) -> None:
+        """Routes in the useful order, or in other host groups, raise no warning."""
+        text = MINIMAL.replace("[route:all]", "[route:api]\nbackend = app\npath_prefix = /api\n"
+                               "[route:all]") + "[route:h]\nbackend = app\nhost = h.example\n"
+        self.assertEqual(config.loads(text, "gw.ini").warnings, ())
+
+    def test_listeners_considered(self) -> None:
+        """A catch-all on one listener doesn't shadow a route on another."""
+        text = MINIMAL + (
+            "listeners = web\n[listener:admin]\nbind = tcp:8090\n"
+            "[route:admin]\nbackend = app\nlisteners = admin\n"
+        )
+        self.assertEqual(config.loads(text, "gw.ini").warnings, ())
+
 
 
 class QuickTests(SynchronousTestCase):
@@ -790,7 +1234,19 @@ class CheckCommandTests(SynchronousTestCase):
         self.assertEqual(result.stdout, "etc/demo.ini: OK\n")
         self.assertEqual(
             result.stderr,
-            f"{path}:4 [backend:app] balance: expected roundrobin|leastconn, got 'rr'\n",
+            f"{path}:4 [backend:app] balance: "
+            "expected roundrobin|leastconn|hash|random2, got 'rr'\n",
+        )
+
+    def test_warnings(self) -> None:
+        """Warnings follow FILE: OK on stdout, and the exit status stays 0."""
+        path = os.path.join(tempfile.mkdtemp(), "shadow.ini")
+        Path(path).write_text(MINIMAL + "[route:api]\nbackend = app\npath_prefix = /api\n")
+        result = self.run_check(path)
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (0, f"{path}: OK\n{path}:9 [route:api] -: never matches: "
+                "shadowed by [route:all] (line 7)\n", ""),
         )
 
     def test_usage(self) -> None:

@@ -460,3 +460,22 @@ class SerializeHeadTests(SynchronousTestCase):
     def test_empty_value(self) -> None:
         """An empty field value is written as 'Name: '."""
         self.assertEqual(serialize_head(b"X", [(b"Host", b"")]), b"X\r\nHost: \r\n\r\n")
+
+
+class ContentLengthTests(SynchronousTestCase):
+    """RFC 9110 §8.6: one canonical Content-Length travels on, whatever came in."""
+
+    def test_request_duplicates_collapsed(self) -> None:
+        """Two identical Content-Length fields reach the upstream as one."""
+        out = forward([(b"Host", b"a"), (b"Content-Length", b"3"), (b"Content-Length", b"3")])
+        self.assertEqual(values(out, b"content-length"), [b"3"])
+
+    def test_request_list_collapsed(self) -> None:
+        """A list value ``1, 1`` reaches the upstream as the single value ``1``."""
+        out = forward([(b"Host", b"a"), (b"Content-Length", b"1, 1")])
+        self.assertEqual(values(out, b"content-length"), [b"1"])
+
+    def test_response_duplicates_collapsed(self) -> None:
+        """Duplicate response Content-Length fields reach the client as one."""
+        out = answer([(b"Content-Length", b"5"), (b"Content-Length", b"5, 5")])
+        self.assertEqual(values(out, b"content-length"), [b"5"])
