@@ -60,6 +60,10 @@ class BadGateway(GatewayError):
     status = 502
 
 
+class ConnectFailed(BadGateway):
+    """The TCP connect to a server was refused or timed out: nothing was sent."""
+
+
 class UpstreamProtocolError(BadGateway):
     """The upstream's response did not parse as HTTP/1.1."""
 

@@ -7,7 +7,9 @@ backpressure both ways, and reports completion back to the front end.
 
 Retry rule (RFC 9110 §9.2.2): a failure before any response byte is retried on
 another server only while no request body byte has been sent upstream; the body
-is streamed, not kept, so once a byte is sent it cannot be replayed.
+is streamed, not kept, so once a byte is sent it cannot be replayed. Retries are
+bounded per request (``retries``) and per backend (``gateway.budget``), so an
+outage can't turn into a retry storm.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from gateway.chunked import LAST_CHUNK, encode_chunk
-from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.balancer import hash_key_of
+from gateway.errors import ConnectFailed, GatewayError, GatewayTimeout, ServiceUnavailable
 from gateway.headers import request_headers, response_headers, serialize_head
 from gateway.httpdate import http_date
 from gateway.pauses import ReasonProducer
@@ -34,6 +37,16 @@ if TYPE_CHECKING:
 log = Logger()
 
 _NO_BODY_STATUS = frozenset({204, 304})
+_NOTHING_TRIED: frozenset[str] = frozenset()
+
+
+def _outcome(error: GatewayError) -> str:
+    """The passive health-check outcome an upstream error stands for."""
+    if isinstance(error, ConnectFailed):
+        return "connect_failure"
+    if isinstance(error, GatewayTimeout):
+        return "timeout"
+    return "reset"
 
 
 class Phase(enum.Enum):
@@ -88,8 +101,9 @@ class Exchange:
         self.upstream_time = -1.0
         self._lease: Lease | None = None
         self._upstream: UpstreamConnection | None = None
-        self._tried: set[str] = set()
+        self._tried: frozenset[str] = _NOTHING_TRIED
         self._attempts = 0
+        self._stale_retried = False
         self._last_error: GatewayError | None = None
         self._body_sent = False
         self._body_done = not (request.chunked or request.content_length > 0)
@@ -101,17 +115,29 @@ class Exchange:
 
     def start(self) -> None:
         """Pick a server and ask its pool for a connection."""
+        backend = self.backend
+        config = backend.config
+        if self._attempts == 0:
+            backend.budget.record_request(self.client.reactor.seconds())
         self._attempts += 1
-        lease = self.backend.selector.pick(frozenset(self._tried))
+        key = None
+        if config.balance == "hash":
+            request = self.request
+            key = hash_key_of(config.hash_key, self.client.peer_ip, self.path, request.headers)
+        lease = backend.selector.pick(self._tried, key)
         if lease is None:
             # After failed tries, the last upstream error explains it best (502);
-            # with nothing tried, no server is available at all (503).
-            self._fail(self._last_error or ServiceUnavailable("no server available"))
+            # with nothing tried, no server is available at all: 503 with
+            # Retry-After, rather than hammering servers known to be down.
+            self._fail(
+                self._last_error
+                or ServiceUnavailable("no server available", config.retry_after)
+            )
             return
         self._lease = lease
         server = lease.server.config
         self.upstream_address = f"{server.host}:{server.port}"
-        self.backend.pools[server.name].acquire(self)
+        backend.pools[server.name].acquire(self)
 
     # -- upstream events (gateway.upstream.Sink) --------------------------------
 
@@ -135,40 +161,62 @@ class Exchange:
         self.client.body_wanted(self)
 
     def upstream_failed(self, error: GatewayError, *, before_response: bool) -> None:
-        """The upstream failed: retry when safe, else answer with the error."""
+        """The upstream failed: report it, retry when safe, else answer with the error."""
         if self.phase is Phase.DONE:
             return
         conn, self._upstream = self._upstream, None
         if conn is not None and not self._body_done:
             conn.transport.unregisterProducer()
-        lease = self._lease
-        if lease is not None:
-            server = lease.server.config.name
-            lease.release()
-            self._lease = None
-            retry = (
-                before_response
-                and not self._body_sent
-                and self._attempts <= len(self.backend.config.servers)
-                and self.phase is not Phase.STREAMING
-            )
-            if retry:
-                log.info(
-                    "retrying {method} {path} after {server}: {reason}",
-                    method=self.request.method,
-                    path=self.path,
-                    server=server,
-                    reason=error.reason,
-                )
-                if conn is None or not conn.reused:
-                    # A connect failure says the server is unreachable; a reset
-                    # of a reused connection only says that connection was stale.
-                    self._tried.add(server)
-                self.phase = Phase.PICKING
-                self._last_error = error
-                self.start()
+        lease, self._lease = self._lease, None
+        if lease is None:
+            self._fail(error)
+            return
+        lease.release()
+        server = lease.server
+        # A reused keep-alive connection that dies before answering was most
+        # likely closed by the server while idle (RFC 9112 §9.3.1): that says
+        # nothing about the server, and one fresh try is always allowed.
+        stale = before_response and conn is not None and conn.reused and not self._stale_retried
+        if not stale and not isinstance(error, ServiceUnavailable):
+            self.backend.health.report(server, _outcome(error))
+        if before_response and not self._body_sent and not self.responding:
+            if stale:
+                self._stale_retried = True
+                self._retry(server.name, error, exclude=False)
+                return
+            if self._may_retry():
+                self._retry(server.name, error, exclude=True)
                 return
         self._fail(error)
+
+    def _may_retry(self) -> bool:
+        """Within ``retries`` for this request and the backend's retry budget."""
+        backend = self.backend
+        if self._attempts > backend.config.retries:
+            return False
+        now = self.client.reactor.seconds()
+        if not backend.budget.can_retry(now):
+            log.warn(
+                "backend {backend}: retry budget exhausted; not retrying",
+                backend=backend.config.name,
+            )
+            return False
+        backend.budget.record_retry(now)
+        return True
+
+    def _retry(self, server: str, error: GatewayError, *, exclude: bool) -> None:
+        log.info(
+            "retrying {method} {path} after {server}: {reason}",
+            method=self.request.method.decode("latin-1"),
+            path=self.path.decode("latin-1"),
+            server=server,
+            reason=error.reason,
+        )
+        if exclude:
+            self._tried = self._tried | {server}
+        self.phase = Phase.PICKING
+        self._last_error = error
+        self.start()
 
     def response_head(self, response: Response) -> None:
         """Forward the response head with the gateway's header rules applied."""
@@ -176,7 +224,10 @@ class Exchange:
         self.upstream_time = now - self._sent_at
         self.phase = Phase.STREAMING
         self.responding = True
-        self.status = response.status
+        status = self.status = response.status
+        lease = self._lease
+        if lease is not None:
+            self.backend.health.report(lease.server, "ok" if status < 500 else f"status:{status}")
         client = self.client
         client.transport.write(self._response_head(response))
         conn = self._upstream

@@ -1,18 +1,21 @@
 """The live state the request path reads, derived from one :class:`Config`.
 
-A :class:`Runtime` is built from a Config and swapped whole on reload. Per-backend
-state (selector with its in-flight counts, connection pools) is carried over to
-the new Runtime when the backend's server list is unchanged, so a reload neither
-drops pooled connections nor forgets load.
+A :class:`Runtime` is built from a Config and swapped whole on reload. What must
+outlive a reload is carried over from the previous Runtime by identity: a
+server's state (in-flight count, health verdict) and its connection pool when
+the server keeps its name and address, and a backend's retry budget. Building a
+Runtime does no I/O; ``start()`` starts its health checks and ``stop()`` ends them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.balancer import ISelector, make_selector
-from gateway.config import BackendConfig, Config
+from gateway.balancer import ISelector, ServerState, make_selector
+from gateway.budget import RetryBudget
+from gateway.config import BackendConfig, Config, ServerConfig
 from gateway.headers import TrustedProxies
+from gateway.health import HealthMonitor
 from gateway.parser import HeadLimits
 from gateway.routing import RouteTable
 from gateway.upstream import ServerPool
@@ -21,26 +24,57 @@ if TYPE_CHECKING:
     from gateway.upstream import Reactor
 
 
+def _identity(server: ServerConfig) -> tuple[str, str, int]:
+    """What makes two server configurations "the same server" across a reload."""
+    return server.name, server.host, server.port
+
+
 class BackendRuntime:
-    """One backend's shared state: its selector and one pool per server."""
+    """One backend's shared state: selector, pools, retry budget and health checks."""
 
-    def __init__(self, reactor: Reactor, config: BackendConfig) -> None:
+    def __init__(
+        self, reactor: Reactor, config: BackendConfig, previous: BackendRuntime | None = None
+    ) -> None:
         self.config = config
-        self.selector: ISelector = make_selector(config)
-        self.pools: dict[str, ServerPool] = {
-            server.name: ServerPool(reactor, server, config) for server in config.servers
-        }
+        old_states = {}
+        old_pools = {}
+        if previous is not None:
+            old_states = {_identity(s.config): s for s in previous.selector.servers}
+            old_pools = {_identity(p.server): p for p in previous.pools.values()}
+        states = []
+        self.pools: dict[str, ServerPool] = {}
+        for server in config.servers:
+            state = old_states.get(_identity(server))
+            if state is None:
+                state = ServerState(server)
+            else:
+                state.config = server
+                state.weight = server.weight
+            states.append(state)
+            pool = old_pools.get(_identity(server))
+            if pool is None:
+                pool = ServerPool(reactor, server, config)
+            else:
+                pool.server, pool.backend = server, config
+            self.pools[server.name] = pool
+        self.selector: ISelector = make_selector(config, states=states)
+        budget = previous.budget if previous is not None else None
+        if budget is None or (budget.ratio, budget.minimum, budget.window) != (
+            config.retry_budget,
+            config.retry_budget_min,
+            config.retry_window,
+        ):
+            budget = RetryBudget(config.retry_budget, config.retry_budget_min, config.retry_window)
+        self.budget = budget
+        self.health = HealthMonitor(reactor, config, self.selector.servers, self.selector)
 
-    def reconfigure(self, config: BackendConfig) -> None:
-        """Point every pool at the new limits (same servers, new settings)."""
-        self.config = config
+    def retire(self, successor: BackendRuntime | None) -> None:
+        """Stop checks, and close idle connections no successor pool took over."""
+        self.health.stop()
+        kept = set() if successor is None else {id(p) for p in successor.pools.values()}
         for pool in self.pools.values():
-            pool.backend = config
-
-    def close_idle(self) -> None:
-        """Close idle upstream connections (shutdown, or the backend was removed)."""
-        for pool in self.pools.values():
-            pool.close_idle()
+            if id(pool) not in kept:
+                pool.close_idle()
 
 
 class Runtime:
@@ -67,22 +101,17 @@ class Runtime:
         }
         self.listeners = {listener.name: listener for listener in config.listeners}
         old = previous.backends if previous is not None else {}
-        self.backends: dict[str, BackendRuntime] = {}
-        for backend in config.backends:
-            kept = old.get(backend.name)
-            if kept is not None and kept.config.servers == backend.servers:
-                kept.reconfigure(backend)
-                self.backends[backend.name] = kept
-            else:
-                self.backends[backend.name] = BackendRuntime(reactor, backend)
+        self.backends: dict[str, BackendRuntime] = {
+            backend.name: BackendRuntime(reactor, backend, old.get(backend.name))
+            for backend in config.backends
+        }
 
-    def retire(self, successor: Runtime) -> None:
-        """Close idle connections of backends the successor no longer uses."""
-        for name, backend in self.backends.items():
-            if successor.backends.get(name) is not backend:
-                backend.close_idle()
-
-    def close_idle(self) -> None:
-        """Close every idle upstream connection (shutdown)."""
+    def start(self) -> None:
+        """Start every backend's health checks."""
         for backend in self.backends.values():
-            backend.close_idle()
+            backend.health.start()
+
+    def retire(self, successor: Runtime | None) -> None:
+        """Stop this runtime's checks and close idle connections the successor dropped."""
+        for name, backend in self.backends.items():
+            backend.retire(None if successor is None else successor.backends.get(name))

@@ -61,10 +61,17 @@ class GatewayService(MultiService):
         """The live runtime; request handling calls this at each request."""
         return self._runtime
 
+    def startService(self) -> None:
+        """Listen on every endpoint, then start health checks."""
+        super().startService()
+        self._runtime.start()
+
     def reload(self, config: Config) -> None:
         """Swap in a new configuration whole (listener binds need a restart)."""
         old, self._runtime = self._runtime, Runtime(self.reactor, config, self._runtime)
         old.retire(self._runtime)
+        if self.running:
+            self._runtime.start()
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, drain in-flight requests, then close upstream pools."""
@@ -81,7 +88,7 @@ class GatewayService(MultiService):
                 return
             for conn in busy:
                 conn.transport.abortConnection()
-            self._runtime.close_idle()
+            self._runtime.retire(None)
             drained.callback(None)
 
         poll()

@@ -23,7 +23,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.chunked import ChunkedDecoder
-from gateway.errors import BadGateway, GatewayError, GatewayTimeout, ParseError, ServiceUnavailable
+from gateway.errors import (
+    BadGateway,
+    ConnectFailed,
+    GatewayError,
+    GatewayTimeout,
+    ParseError,
+    ServiceUnavailable,
+)
 from gateway.parser import HeadLimits, Response, check_partial_head, head_end, parse_response
 from gateway.pauses import Pauses
 
@@ -412,7 +419,7 @@ class ServerPool:
             error=reason.getErrorMessage(),
         )
         if attempt.sink is not None:
-            attempt.sink.upstream_failed(BadGateway(why), before_response=True)
+            attempt.sink.upstream_failed(ConnectFailed(why), before_response=True)
         self._refill()
 
     def release(self, conn: UpstreamConnection) -> None:
