@@ -77,6 +77,7 @@ class Harness:
         self.clock = MemoryReactorClock()
         self.config = config or simple_config()
         self.runtime = Runtime(self.clock, self.config)
+        self.runtime.start()
         name = self.config.listeners[0].name
         self.factory = GatewayFactory(self.clock, lambda: self.runtime, name)
         self._connects = 0
