@@ -116,9 +116,9 @@ class BackendConfig:
     timeout_connect: float = 5.0
     timeout_response: float = 60.0
     timeout_read: float = 60.0
-    pool_max_idle: int = 32
+    pool_max_idle: int = 256
     pool_idle_timeout: float = 60.0
-    pool_max_conns: int = 256
+    pool_max_conns: int = 1024
     queue_size: int = 1024
     timeout_queue: float = 5.0
     hash_key: str = "client_ip"

@@ -151,7 +151,7 @@ class Exchange:
         self.phase = Phase.SENDING
         request = self.request
         conn.start(self, request.method)
-        conn.transport.write(self._request_head())
+        conn.write(self._request_head())
         self._sent_at = self.client.reactor.seconds()
         if self._body_done:
             conn.request_end()
@@ -229,7 +229,7 @@ class Exchange:
         if lease is not None:
             self.backend.health.report(lease.server, "ok" if status < 500 else f"status:{status}")
         client = self.client
-        client.transport.write(self._response_head(response))
+        client.write(self._response_head(response))
         conn = self._upstream
         if self._framing is not _Framing.NONE and conn is not None:
             assert conn.pauses is not None
@@ -242,9 +242,9 @@ class Exchange:
         """Pass a piece of the response body on, framed for the client."""
         self.body_bytes += len(data)
         if self._framing is _Framing.CHUNKED:
-            self.client.transport.writeSequence(encode_chunk(data))
+            self.client.write_sequence(encode_chunk(data))
         elif self._framing is _Framing.RAW:
-            self.client.transport.write(data)
+            self.client.write(data)
 
     def response_end(self) -> None:
         """The response is complete: release everything and tell the front end."""
@@ -252,7 +252,7 @@ class Exchange:
             return
         client = self.client
         if self._framing is _Framing.CHUNKED:
-            client.transport.write(LAST_CHUNK)
+            client.write(LAST_CHUNK)
         if self._framing is not _Framing.NONE:
             client.transport.unregisterProducer()
         self._upstream = None
@@ -268,9 +268,9 @@ class Exchange:
             return
         self._body_sent = True
         if self.request.chunked:
-            conn.transport.writeSequence(encode_chunk(data))
+            conn.write_sequence(encode_chunk(data))
         else:
-            conn.transport.write(data)
+            conn.write(data)
 
     def request_body_end(self) -> None:
         """The client's request body is complete."""
@@ -279,7 +279,7 @@ class Exchange:
         if conn is None:
             return
         if self.request.chunked:
-            conn.transport.write(LAST_CHUNK)
+            conn.write(LAST_CHUNK)
         conn.transport.unregisterProducer()
         conn.request_end()
 

@@ -29,6 +29,7 @@ from gateway import accesslog
 from gateway.chunked import ChunkedDecoder
 from gateway.errors import GatewayError, GatewayTimeout, NotFound, ParseError, RequestTimeout
 from gateway.exchange import Exchange
+from gateway.fastwrite import writer_for
 from gateway.httpdate import http_date
 from gateway.pages import error_response
 from gateway.parser import Request, check_partial_head, head_end, parse_request
@@ -100,6 +101,7 @@ class ClientConnection(Protocol):
     # -- Twisted callbacks ---------------------------------------------------
 
     def connectionMade(self) -> None:
+        self.write, self.write_sequence = writer_for(self.transport)
         self.pauses = Pauses(self.transport.pauseProducing, self.transport.resumeProducing)
         self.peer_trusted = self.peer_ip in self.factory.runtime().trusted
         self._arm(self._listener().timeout_idle, self._idle_timeout)
@@ -221,7 +223,7 @@ class ClientConnection(Protocol):
         buf, self._buf = self._buf, b""
         if request.expect_continue and not buf:
             # RFC 9110 §10.1.1: the client waits for 100 before sending the body.
-            self.transport.write(CONTINUE)
+            self.write(CONTINUE)
         self.pauses.discard("pipeline")
         self._arm(self._listener().timeout_client, self._client_timeout)
         if buf:
@@ -338,7 +340,7 @@ class ClientConnection(Protocol):
         extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         runtime = self.factory.runtime()
-        self.transport.write(
+        self.write(
             error_response(
                 status,
                 server=runtime.server_header,

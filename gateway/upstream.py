@@ -32,6 +32,7 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.parser import HeadLimits, Response, check_partial_head, head_end, parse_response
+from gateway.fastwrite import writer_for
 from gateway.pauses import Pauses
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class UpstreamConnection(Protocol):
     # -- Twisted callbacks ---------------------------------------------------
 
     def connectionMade(self) -> None:
+        self.write, self.write_sequence = writer_for(self.transport)
         self.pauses = Pauses(self.transport.pauseProducing, self.transport.resumeProducing)
         self.pool.connected(self)
 
