@@ -110,6 +110,7 @@ class Exchange:
         self._sent_at = 0.0
         self._framing = _Framing.RAW
         self._keep_alive = False
+        self._pending_head: bytes | None = None
 
     # -- start and server choice ---------------------------------------------
 
@@ -223,13 +224,14 @@ class Exchange:
         now = self.client.reactor.seconds()
         self.upstream_time = now - self._sent_at
         self.phase = Phase.STREAMING
-        self.responding = True
         status = self.status = response.status
         lease = self._lease
         if lease is not None:
             self.backend.health.report(lease.server, "ok" if status < 500 else f"status:{status}")
         client = self.client
-        client.write(self._response_head(response))
+        # Held until the first body bytes or the end of this read, so that head
+        # and body leave in one vectored send (see response_flush).
+        self._pending_head = self._response_head(response)
         conn = self._upstream
         if self._framing is not _Framing.NONE and conn is not None:
             assert conn.pauses is not None
@@ -241,17 +243,43 @@ class Exchange:
     def response_data(self, data: bytes) -> None:
         """Pass a piece of the response body on, framed for the client."""
         self.body_bytes += len(data)
-        if self._framing is _Framing.CHUNKED:
-            self.client.write_sequence(encode_chunk(data))
-        elif self._framing is _Framing.RAW:
-            self.client.write(data)
+        framing = self._framing
+        head = self._pending_head
+        if framing is _Framing.CHUNKED:
+            pieces = encode_chunk(data)
+        elif framing is _Framing.RAW:
+            if head is None:
+                self.client.write(data)
+                return
+            pieces = [data]
+        else:
+            return
+        if head is not None:
+            self._pending_head = None
+            self.responding = True
+            pieces.insert(0, head)
+        self.client.write_sequence(pieces)
+
+    def response_flush(self) -> None:
+        """The upstream read that carried the head is done: send a head still held."""
+        head = self._pending_head
+        if head is not None:
+            self._pending_head = None
+            self.responding = True
+            self.client.write(head)
 
     def response_end(self) -> None:
         """The response is complete: release everything and tell the front end."""
         if self.phase is Phase.DONE:
             return
         client = self.client
-        if self._framing is _Framing.CHUNKED:
+        head = self._pending_head
+        if head is not None:
+            self._pending_head = None
+            self.responding = True
+            tail = [head, LAST_CHUNK] if self._framing is _Framing.CHUNKED else [head]
+            client.write_sequence(tail)
+        elif self._framing is _Framing.CHUNKED:
             client.write(LAST_CHUNK)
         if self._framing is not _Framing.NONE:
             client.transport.unregisterProducer()

@@ -33,6 +33,11 @@ class Options(usage.Options):
     opt_u = opt_upstream
 
     def postOptions(self) -> None:
+        # Chosen here, before twistd imports the default reactor; an explicit
+        # ``twistd --reactor`` has already installed one and wins.
+        from gateway.reactor import install
+
+        install()
         quick = self["listen"] is not None or self["upstreams"]
         if quick and self["config"] is not None:
             raise usage.UsageError("--config can't be combined with --listen/--upstream")

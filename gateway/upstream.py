@@ -56,6 +56,7 @@ class Sink(TypingProtocol):
     def upstream_failed(self, error: GatewayError, *, before_response: bool) -> None: ...
     def response_head(self, response: Response) -> None: ...
     def response_data(self, data: bytes) -> None: ...
+    def response_flush(self) -> None: ...
     def response_end(self) -> None: ...
 
 
@@ -205,8 +206,11 @@ class UpstreamConnection(Protocol):
         rest, self._buf = self._buf, b""
         if self._remaining == 0:
             self._finish(rest)
-        elif rest:
+            return
+        if rest:
             self._body(rest)
+        if self.sink is sink:
+            sink.response_flush()
 
     def _body(self, data: bytes) -> None:
         sink = self.sink

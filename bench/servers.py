@@ -1,0 +1,293 @@
+"""The processes a benchmark runs: origin, nginx proxy, gateway, Twisted's proxy.
+
+Invariants:
+- Every process is started through :class:`Processes`, in a session (and so a
+  process group) of its own; :meth:`Processes.stop_all` ends each group with
+  SIGTERM, then SIGKILL after a grace period.  Nothing else is ever signalled.
+- Everything listens on 127.0.0.1 only, on ports the kernel picked as free.
+- Every file (configs, pid files, logs, nginx temp dirs, the static bodies)
+  lives under one temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+#: Response bodies the origin serves, by URL path.
+BODIES = {"/1k": 1024, "/100k": 100 * 1024}
+STOP_GRACE_S = 5.0
+START_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A started server: its name, port, and the process whose RSS is reported."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def url(self, path: str) -> str:
+        """``http://127.0.0.1:PORT/path``."""
+        return f"http://{HOST}:{self.port}{path}"
+
+    def measured_pid(self) -> int:
+        """The process that does the work: nginx's single worker, else the process itself."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            pids = []
+        # An nginx master has exactly one worker here (worker_processes 1).
+        return int(pids[0]) if pids and self.name.startswith("nginx") else self.process.pid
+
+
+class Processes:
+    """Every process the benchmark started; :meth:`stop_all` ends them all."""
+
+    def __init__(self) -> None:
+        self._started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a new session with output to ``log``."""
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        """SIGTERM every group, wait up to STOP_GRACE_S, then SIGKILL what is left."""
+        for process in self._started:
+            _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in self._started:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for process in self._started:
+            # The group may outlive its leader (an nginx worker), so always sweep it.
+            _signal_group(process.pid, signal.SIGKILL)
+            if process.poll() is None:
+                process.wait(timeout=STOP_GRACE_S)
+        self._started.clear()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_listening(server: Server, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Return once ``server`` accepts connections; raise if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited early:\n{tail(server.log)}")
+        try:
+            with socket.create_connection((HOST, server.port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{server.name} is not listening after {timeout_s:g} s:\n{tail(server.log)}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB, from /proc/PID/status; 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def listen_overflows() -> int:
+    """The kernel's TcpExt ListenOverflows counter: connections a full accept queue refused.
+
+    The counter is system-wide, so another program's overflows count too.
+    """
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:]))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
+def write_bodies(root: Path) -> Path:
+    """Write the static bodies the origin serves; return the document root."""
+    www = root / "www"
+    www.mkdir()
+    for path, size in BODIES.items():
+        (www / path.lstrip("/")).write_bytes(bytes(ord("a") + i % 26 for i in range(size)))
+    return www
+
+
+def _nginx_conf(root: Path, name: str, server_block: str) -> Path:
+    """An nginx.conf for one instance: one worker, no daemon, all files under ``root``."""
+    state = root / name
+    state.mkdir()
+    # As root the worker would switch to "nobody", which can't use our temp dirs.
+    user = "user root;" if os.geteuid() == 0 else ""
+    temp = "\n".join(
+        f"    {kind}_temp_path {state}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text = f"""\
+# {name}: written by bench/servers.py for one benchmark run.
+{user}
+daemon off;
+master_process on;
+worker_processes 1;
+pid {state}/nginx.pid;
+error_log {state}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+{temp}
+{server_block}
+}}
+"""
+    conf = state / "nginx.conf"
+    conf.write_text(text)
+    return conf
+
+
+def _start_nginx(
+    processes: Processes, nginx: str, root: Path, name: str, server_block: str
+) -> Server:
+    conf = _nginx_conf(root, name, server_block)
+    log = root / f"{name}.log"
+    port = int(server_block.split(f"listen {HOST}:", 1)[1].split(";", 1)[0])
+    process = processes.start([nginx, "-p", str(conf.parent), "-c", str(conf)], log)
+    server = Server(name, port, process, log)
+    wait_until_listening(server)
+    return server
+
+
+def start_origin(processes: Processes, nginx: str, root: Path, www: Path) -> Server:
+    """nginx serving the static bodies from ``www`` with keep-alive: the fastest origin."""
+    block = f"""\
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=16;
+    server {{
+        listen {HOST}:{free_port()};
+        root {www};
+    }}"""
+    return _start_nginx(processes, nginx, root, "origin", block)
+
+
+def start_nginx_proxy(processes: Processes, nginx: str, root: Path, origin: Server) -> Server:
+    """The reference: nginx proxy_pass to an upstream with 64 idle keep-alive connections."""
+    block = f"""\
+    upstream origin {{
+        server {HOST}:{origin.port};
+        keepalive 64;
+    }}
+    server {{
+        listen {HOST}:{free_port()};
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+    return _start_nginx(processes, nginx, root, "nginx", block)
+
+
+def gateway_config(root: Path, port: int, origin: Server) -> Path:
+    """An INI equal to quick mode (``--listen``/``--upstream``) with the access log off."""
+    ini = root / "gateway.ini"
+    ini.write_text(
+        f"""\
+# Quick mode's configuration, written out so that the access log can be off.
+[gateway]
+access_log = false
+
+[listener:quick]
+bind = tcp:{port}:interface={HOST}
+
+[backend:quick]
+
+[server:quick1]
+backend = quick
+address = http://{HOST}:{origin.port}
+
+[route:quick]
+backend = quick
+"""
+    )
+    return ini
+
+
+def start_gateway(
+    processes: Processes, twistd: str, root: Path, origin: Server, access_log: bool
+) -> Server:
+    """The gateway in front of ``origin``.
+
+    With ``access_log`` it runs in quick mode exactly as documented (whose
+    access log is on) and logs to a file; without, it runs the same
+    configuration from an INI file with ``access_log = false``.
+    """
+    port = free_port()
+    name = "gateway+log" if access_log else "gateway"
+    log = root / f"{name}.log"
+    argv = [twistd, "-n", "--pidfile=", "--logfile", str(log), "gateway"]
+    if access_log:
+        argv += ["--listen", f"tcp:{port}:interface={HOST}", "--upstream", origin.url("")]
+    else:
+        argv += ["--config", str(gateway_config(root, port, origin))]
+    server = Server(name, port, processes.start(argv, root / f"{name}.out"), log)
+    wait_until_listening(server)
+    return server
+
+
+def start_twisted_proxy(processes: Processes, root: Path, origin: Server) -> Server:
+    """Twisted's own ``ReverseProxyResource`` (bench/twisted_proxy.py) in front of ``origin``."""
+    port = free_port()
+    script = Path(__file__).with_name("twisted_proxy.py")
+    log = root / "twisted.log"
+    process = processes.start([sys.executable, str(script), str(port), str(origin.port)], log)
+    server = Server("twisted", port, process, log)
+    wait_until_listening(server)
+    return server
