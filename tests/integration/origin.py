@@ -4,6 +4,15 @@
 ``PORT\\n`` on stdout and serves HTTP/1.1 with keep-alive until it is killed.
 Standard library only, so it shares nothing with the gateway under test.
 
+Options:
+
+- ``--port N``: bind port N instead (with SO_REUSEADDR), so that an origin
+  killed by a test can come back on the same address.
+- ``--name NAME``: add ``X-Served-By: NAME`` to every response it writes, so a
+  client behind a balancer can tell which origin answered.
+- ``--delay SECONDS``: wait that long before serving each request (control
+  requests excepted), to play a slow server.
+
 Endpoints (any method unless noted):
 
 - ``/bytes/N``: N bytes of :func:`pattern` with Content-Length, written in
@@ -16,18 +25,26 @@ Endpoints (any method unless noted):
   The body is hashed as it is read (Content-Length or chunked), never kept.
 - ``/sleep/SECONDS``: waits, then answers ``slept``.
 - ``/close``: closes the connection without answering.
+- ``/close-after-body``: reads the whole request body, then closes the
+  connection without answering (a server dying after taking a POST).
 - A request whose Content-Length is not plain digits gets 400 and a close, as
   from a strict server.
 - ``/_stats``: JSON ``{"connections": C, "requests": R}`` counting the TCP
   connections accepted and the requests served, excluding connections whose
-  first request was ``/_stats`` (the test's own control connections) and the
-  ``/_stats`` requests themselves.
+  first request was a control request (``/_stats``, ``/_hits``, ``/_health``:
+  the test's own connections and the gateway's health checks) and the control
+  requests themselves.
+- ``/_hits``: JSON ``{PATH: COUNT}`` of the requests served per path (query left
+  out), with the same exclusions as ``/_stats``.
+- ``/_health``: ``ok``, for active health checks, never counted.
 
 HEAD gets the head GET would get and no body.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import hashlib
 import itertools
 import json
@@ -67,8 +84,9 @@ class _Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.accepted = 0
-        self.control = 0  # connections that started with /_stats
+        self.control = 0  # connections that started with a control request
         self.requests = 0
+        self.paths: collections.Counter[str] = collections.Counter()
         self.serial = itertools.count(1)
 
     def snapshot(self) -> dict[str, int]:
@@ -77,6 +95,16 @@ class _Stats:
 
 
 STATS = _Stats()
+
+#: Requests to these paths are the tests' own (see ``/_stats``): never counted.
+CONTROL_PATHS = frozenset({"/_stats", "/_hits", "/_health"})
+
+
+class Settings:
+    """The command-line options, read once in :func:`main`."""
+
+    name = ""  # the X-Served-By value; empty sends none
+    delay = 0.0  # seconds to wait before each counted request
 
 
 class _InvalidLength(ValueError):
@@ -102,6 +130,11 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: the gateway's log is the one the tests read."""
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if Settings.name:
+            self.send_header("X-Served-By", Settings.name)
+
     # -- dispatch --------------------------------------------------------------
 
     def do_GET(self) -> None:
@@ -115,15 +148,26 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, head: bool = False) -> None:
         url = urlsplit(self.path)
         parts = url.path.strip("/").split("/")
-        if url.path == "/_stats":
+        if url.path in CONTROL_PATHS:
             with STATS.lock:
                 if self.served == 0:
                     STATS.control += 1
-            self._send(200, json.dumps(STATS.snapshot()).encode(), "application/json", head)
+                hits = dict(STATS.paths)
+            if url.path == "/_stats":
+                body = json.dumps(STATS.snapshot()).encode()
+            elif url.path == "/_hits":
+                body = json.dumps(hits).encode()
+            else:
+                body = b"ok\n"
+            content_type = "text/plain" if url.path == "/_health" else "application/json"
+            self._send(200, body, content_type, head)
             return
         with STATS.lock:
             STATS.requests += 1
+            STATS.paths[url.path] += 1
         self.served += 1
+        if Settings.delay:
+            time.sleep(Settings.delay)
         query = parse_qs(url.query)
         try:
             if parts[0] == "bytes" and len(parts) == 2:
@@ -139,6 +183,10 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(float(parts[1]))
                 self._send(200, b"slept\n", "text/plain", head)
             elif parts[0] == "close":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+            elif parts[0] == "close-after-body":
+                self._discard_body()
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
             else:
@@ -193,12 +241,14 @@ class Handler(BaseHTTPRequestHandler):
     # -- helpers -----------------------------------------------------------------
 
     def _send(self, status: int, body: bytes, content_type: str, head: bool) -> None:
+        """Head and body in one write, so a killed origin never leaves half an answer."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        self._headers_buffer.append(b"\r\n")
         if not head:
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
+        self.flush_headers()
 
     def _discard_body(self) -> None:
         self._read_body()
@@ -240,10 +290,19 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 128
+    # A restarted origin binds its old port while old connections sit in TIME_WAIT.
+    allow_reuse_address = True
 
 
 def main() -> None:
-    server = Server(("127.0.0.1", 0), Handler)
+    parser = argparse.ArgumentParser(description="the integration tests' origin server")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (0: kernel picks)")
+    parser.add_argument("--name", default="", help="X-Served-By value for every response")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    options = parser.parse_args()
+    Settings.name = options.name
+    Settings.delay = options.delay
+    server = Server(("127.0.0.1", options.port), Handler)
     sys.stdout.write(f"{server.server_address[1]}\n")
     sys.stdout.flush()
     server.serve_forever(poll_interval=0.5)

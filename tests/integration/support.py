@@ -115,10 +115,22 @@ def rss_bytes(pid: int) -> int:
 
 
 class Origin:
-    """``origin.py`` as a subprocess on 127.0.0.1, port chosen by the kernel."""
+    """``origin.py`` as a subprocess on 127.0.0.1, port chosen by the kernel.
 
-    def __init__(self, case: SynchronousTestCase) -> None:
+    ``name`` makes it add ``X-Served-By: NAME`` to its responses; ``delay``
+    makes it wait that many seconds before each answer. After :meth:`kill`,
+    :meth:`start` brings it back on the same port.  A subclass may run another
+    script that takes the same options (``script``) and pass it more
+    (``extra_args``).
+    """
+
+    script = ORIGIN_SCRIPT
+    extra_args: tuple[str, ...] = ()
+
+    def __init__(self, case: SynchronousTestCase, name: str = "", delay: float = 0.0) -> None:
         self.case = case
+        self.name = name
+        self.delay = delay
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -127,11 +139,20 @@ class Origin:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Origin:
-        """Start it, register its stop, and read the port it reports."""
+        """Start it, register its stop, and read the port it reports.
+
+        The first start binds port 0; a later one (after :meth:`kill`) binds the
+        port it had, so the gateway's configuration still points at it.
+        """
+        args = [sys.executable, self.script, "--port", str(self.port), *self.extra_args]
+        if self.name:
+            args += ["--name", self.name]
+        if self.delay:
+            args += ["--delay", repr(self.delay)]
         logdir = new_tempdir(self.case)
         with open(os.path.join(logdir, "origin.err"), "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, ORIGIN_SCRIPT],
+                args,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -139,8 +160,25 @@ class Origin:
             )
         self.case.addCleanup(stop_process, self.proc)
         line = _read_line(self.proc, START_TIMEOUT, "the origin's port")
+        if self.port and int(line) != self.port:
+            raise AssertionError(f"origin came back on port {int(line)}, not {self.port}")
         self.port = int(line)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL, and wait until it is gone: its port refuses from then on."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(STOP_GRACE)
+
+    def hits(self) -> dict[str, int]:
+        """``{PATH: COUNT}`` of the requests it served, from ``/_hits``."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=IO_TIMEOUT)
+        try:
+            conn.request("GET", "/_hits", headers={"Connection": "close"})
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
 
     def stats(self) -> dict[str, int]:
         """``{"connections": C, "requests": R}`` from ``/_stats`` (not counted itself)."""
@@ -182,11 +220,18 @@ def listener_ini(**keys: object) -> str:
     return "\n".join(lines) + "\n"
 
 
-def backend_ini(urls: Sequence[str], **keys: object) -> str:
-    """``[backend:app]`` with ``keys``, a server per URL and a catch-all route."""
+def backend_ini(urls: Sequence[str], *, server_keys: Sequence[dict[str, object]] = (),
+                **keys: object) -> str:
+    """``[backend:app]`` with ``keys``, a server per URL and a catch-all route.
+
+    The servers are ``app1``, ``app2``, ... in order; ``server_keys[i]`` holds
+    extra keys for the i-th (``backup = yes``, ``weight = 2``).
+    """
     lines = ["[backend:app]"] + [f"{key} = {value}" for key, value in keys.items()]
     for number, url in enumerate(urls, start=1):
         lines += ["", f"[server:app{number}]", "backend = app", f"address = {url}"]
+        if number <= len(server_keys):
+            lines += [f"{key} = {value}" for key, value in server_keys[number - 1].items()]
     lines += ["", "[route:all]", "backend = app"]
     return "\n".join(lines) + "\n"
 
