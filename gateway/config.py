@@ -4,7 +4,8 @@ The running configuration is one immutable :class:`Config`; the service swaps it
 whole on reload, so nothing may copy a value out of it where a swap can't reach.
 Section kinds follow HAProxy's model: ``[gateway]`` (process-wide), ``[defaults]``
 (default values for every listener and backend key), ``[listener:NAME]``,
-``[route:NAME]``, ``[backend:NAME]``, ``[server:NAME]`` and ``[demo:NAME]``.
+``[route:NAME]``, ``[backend:NAME]``, ``[server:NAME]``, ``[demo:NAME]`` and
+``[site:NAME]`` (a TLS site: host names and their certificates).
 
 Durations are in seconds unless suffixed (``500ms``, ``10s``, ``2m``, ``1h``);
 sizes are in bytes unless suffixed (``64k``, ``1m``, ``1g``, powers of 1024).
@@ -14,15 +15,20 @@ table per section kind, :data:`SECTION_KEYS` (the single source of truth for key
 types, ranges and defaults, built from :mod:`gateway.configkeys`), then the rules
 between keys, and raises every problem of a file at once as :class:`ConfigError`.
 What loads may still carry warnings (:attr:`Config.warnings`: routes that can
-never match).  Pure: no reactor, no sockets, no file but the one loaded.
+never match, certificates that expired or don't cover their names).  No
+reactor, no sockets; the only files read are the one loaded and the TLS files
+it names (:mod:`gateway.tlsconfig`), whose paths are made absolute, relative
+to the configuration file's directory.
 """
 
 from __future__ import annotations
 
 import configparser
 import io
+import os
 import re
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -32,6 +38,7 @@ from typing import Any
 from gateway import configkeys
 from gateway.configkeys import Key, table
 from gateway.configvalues import NAME
+from gateway.tlsconfig import tls_findings
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,13 @@ class GatewaySettings:
     server_header: str = "gateway"
     via_pseudonym: str = "gateway"
     trusted_proxies: tuple[str, ...] = ()
+    spool_dir: str = ""
+    spool_memory: int = 64 * 1024 * 1024
+    spool_disk: int = 1024 * 1024 * 1024
+    spool_buffer: int = 64 * 1024
+    spool_max: int = 1024 * 1024 * 1024
+    tls_reload_interval: float = 0.0
+    tls_ticket_rotate: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,17 @@ class ListenerConfig:
     timeout_client: float = 60.0
     timeout_request: float = 300.0
     default_backend: str = ""
+    tls: bool = False
+    tls_sites: tuple[str, ...] = ()
+    tls_default_site: str = ""
+    tls_min_version: str = "1.2"
+    tls_session_tickets: bool = True
+    tls_client_auth: str = "off"
+    tls_client_ca: str = ""
+    tls_client_header: str = "X-Client-Subject"
+    hsts: str = ""
+    redirect_https: bool = False
+    redirect_https_port: int = 443
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +108,8 @@ class RouteConfig:
     path_regex: str = ""
     methods: tuple[str, ...] = ()
     header: str = ""
+    buffering: bool = True
+    request_buffering: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +170,11 @@ class BackendConfig:
     eject_time_max: float = 300.0
     eject_max_share: float = 0.5
     slow_start: float = 0.0
+    tls_verify: bool = True
+    tls_ca: str = ""
+    tls_server_name: str = ""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +183,27 @@ class DemoConfig:
 
     name: str
     bind: str
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """One ``[site:NAME]``: host names and the certificate(s) a TLS listener serves for them.
+
+    ``names`` are DNS names and ``*.NAME`` wildcards, lower-cased.  Paths are
+    absolute.  ``alt_*`` is an optional second certificate of another key type
+    (ECDSA beside RSA) for the same names.
+    """
+
+    name: str
+    names: tuple[str, ...]
+    cert: str
+    key: str
+    chain: str = ""
+    ocsp: str = ""
+    alt_cert: str = ""
+    alt_key: str = ""
+    alt_chain: str = ""
+    alt_ocsp: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +216,7 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
     demos: tuple[DemoConfig, ...] = ()
+    sites: tuple[SiteConfig, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def backend(self, name: str) -> BackendConfig:
@@ -208,6 +262,7 @@ SECTION_KEYS: Mapping[str, Mapping[str, Key]] = MappingProxyType(
         "backend": _BACKEND,
         "server": table(ServerConfig, configkeys.SERVER, configkeys.REQUIRED_KEYS["server"]),
         "demo": table(DemoConfig, configkeys.DEMO, configkeys.REQUIRED_KEYS["demo"]),
+        "site": table(SiteConfig, configkeys.SITE, configkeys.REQUIRED_KEYS["site"]),
     }
 )
 
@@ -422,6 +477,12 @@ def _check_references(
         backend = values.get("default_backend", "")
         if backend and backend not in found["backend"]:
             missing(section, "default_backend", "backend", backend)
+        for site in values.get("tls_sites", ()):
+            if site not in found["site"]:
+                missing(section, "tls_sites", "site", site)
+        site = values.get("tls_default_site", "")
+        if site and site not in found["site"]:
+            missing(section, "tls_default_site", "site", site)
     used = {values.get("backend") for values in found["server"].values()}
     for name in found["backend"]:
         if name not in used:
@@ -451,6 +512,36 @@ def _check_rules(
     builtin = {key: spec.default for key, spec in _BACKEND.items()}
     for section, key, message in configkeys.cross_key_problems(found, builtin):
         problems.add(lines.of(section, key), section, key, message)
+
+
+def _resolve_paths(found: Mapping[str, Mapping[str, dict[str, Any]]], source: str) -> None:
+    """Make every file path absolute, relative to the configuration file's directory."""
+    base = os.path.dirname(os.path.abspath(source))
+    keys = dict(configkeys.FILE_KEYS)
+    keys["defaults"] = keys["listener"] + keys["backend"]
+    for kind, names in keys.items():
+        for values in found[kind].values():
+            for key in names:
+                if values.get(key):
+                    values[key] = os.path.normpath(os.path.join(base, values[key]))
+
+
+def _check_tls(
+    found: Mapping[str, Mapping[str, dict[str, Any]]], lines: _Lines, problems: _Problems
+) -> list[tuple[int, str]]:
+    """TLS rules and files (:mod:`gateway.tlsconfig`); the warnings, with their lines."""
+    listener = {key: spec.default for key, spec in _LISTENER.items()}
+    backend = {key: spec.default for key, spec in _BACKEND.items()}
+    found_problems, found_warnings = tls_findings(found, listener, backend, time.time())
+    for section, key, message in found_problems:
+        problems.add(lines.of(section, key), section, key, message)
+    warnings: list[tuple[int, str]] = []
+    for section, key, message in found_warnings:
+        line = lines.of(section, key)
+        text = f"{problems.source}:{line} [{section}] {key}: {message}"
+        if (line, text) not in warnings:
+            warnings.append((line, text))
+    return warnings
 
 
 def _route_warnings(source: str, config: Config, lines: _Lines) -> tuple[str, ...]:
@@ -501,6 +592,7 @@ def _assemble(source: str, found: Mapping[str, Mapping[str, dict[str, Any]]]) ->
             for name, values in found["backend"].items()
         ),
         demos=tuple(DemoConfig(name=name, **values) for name, values in found["demo"].items()),
+        sites=tuple(SiteConfig(name=name, **values) for name, values in found["site"].items()),
     )
 
 
@@ -516,11 +608,15 @@ def loads(text: str, source: str) -> Config:
         problems.raise_any()
         raise AssertionError("a failed parse always reports a problem")
     found = _sections(parser, lines, problems)
+    _resolve_paths(found, source)
     _check_references(found, lines, problems)
     _check_rules(found, lines, problems)
+    tls_warnings = _check_tls(found, lines, problems)
     problems.raise_any()
     loaded = _assemble(source, found)
-    return replace(loaded, warnings=_route_warnings(source, loaded, lines))
+    warnings = _route_warnings(source, loaded, lines)
+    warnings += tuple(text for _, text in sorted(tls_warnings, key=lambda pair: pair[0]))
+    return replace(loaded, warnings=warnings)
 
 
 def load(path: str) -> Config:

@@ -29,6 +29,7 @@ from gateway.configvalues import (
     Duration,
     Endpoint,
     FieldValue,
+    FilePath,
     HostHeader,
     Methods,
     Name,
@@ -41,6 +42,7 @@ from gateway.configvalues import (
     Target,
     Token,
     ValueParser,
+    is_hostname,
     show_duration,
     split_list,
     value_error,
@@ -171,6 +173,122 @@ class StatusList:
         return ", ".join(map(str, value)) or "(empty)"
 
 
+@dataclass(frozen=True)
+class SiteNames:
+    """The host names a TLS site serves: DNS names and ``*.NAME`` wildcards, lower-cased.
+
+    SNI carries DNS names only (RFC 6066 §3: "Literal IPv4 and IPv6 addresses
+    are not permitted"), so IP addresses are refused: clients that connect by
+    address get the listener's default site.  Each name at most once.
+    """
+
+    type_name: str = "hosts"
+
+    def parse(self, raw: str) -> tuple[str, ...]:
+        """The names in the order written."""
+        names: list[str] = []
+        for item in split_list(raw):
+            try:
+                name = RouteHost().parse(item)
+            except ValueError:
+                name = ""
+            if not name or name.startswith("[") or _is_ip_text(name):
+                raise value_error(
+                    "DNS names or *.NAME wildcards", item, "no IP addresses, comma separated"
+                )
+            names.append(name)
+        if not names:
+            raise value_error("at least one host name", raw, "such as www.example.com, *.example.com")
+        if len(set(names)) != len(names):
+            raise value_error("each name once", raw)
+        return tuple(names)
+
+    def show(self, value: Sequence[str]) -> str:
+        """Comma separated."""
+        return ", ".join(value)
+
+
+def _is_ip_text(text: str) -> bool:
+    parts = text.split(".")
+    return ":" in text or (len(parts) == 4 and all(p.isdigit() for p in parts))
+
+
+# RFC 6797 §6.1: Strict-Transport-Security = directive *( ";" [ directive ] );
+# max-age is REQUIRED, includeSubDomains OPTIONAL; "preload" is the HSTS preload
+# list's convention.  Unknown directives are refused here, though UAs ignore
+# them, because a misspelt includeSubDomains would be silently lost.
+_HSTS_DIRECTIVES = {"max-age", "includesubdomains", "preload"}
+_HSTS_MAX_AGE = re.compile(r'max-age\s*=\s*(?:"([0-9]+)"|([0-9]+))\Z', re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Hsts:
+    """A Strict-Transport-Security value: ``max-age=N[; includeSubDomains][; preload]``."""
+
+    type_name: str = "hsts"
+
+    def parse(self, raw: str) -> str:
+        """The value as written; empty means no header."""
+        if not raw:
+            return raw
+        allowed = "max-age=SECONDS, then optionally includeSubDomains and preload, separated by ;"
+        seen: set[str] = set()
+        for directive in (part.strip() for part in raw.split(";")):
+            name = directive.partition("=")[0].strip().lower()
+            if name not in _HSTS_DIRECTIVES or name in seen:
+                raise value_error("a Strict-Transport-Security value", raw, allowed)
+            if name == "max-age" and not _HSTS_MAX_AGE.match(directive):
+                raise value_error("a Strict-Transport-Security value", raw, allowed)
+            if name != "max-age" and directive.lower() != name:
+                raise value_error("a Strict-Transport-Security value", raw, allowed)
+            seen.add(name)
+        if "max-age" not in seen:
+            raise value_error("a Strict-Transport-Security value", raw, allowed)
+        return raw
+
+    def show(self, value: str) -> str:
+        """The value; empty shows as ``(empty)``."""
+        return value or "(empty)"
+
+
+@dataclass(frozen=True)
+class HeaderName:
+    """A header field name (an RFC 9110 token) as written; empty means none."""
+
+    type_name: str = "token"
+
+    def parse(self, raw: str) -> str:
+        """The name; empty turns the feature off."""
+        if raw and not TOKEN.match(raw):
+            raise value_error("a header name", raw, "an RFC 9110 token, or empty for none")
+        return raw
+
+    def show(self, value: str) -> str:
+        """The name; empty shows as ``(empty)``."""
+        return value or "(empty)"
+
+
+@dataclass(frozen=True)
+class ServerName:
+    """The name a backend's TLS certificate must carry: a DNS name or an IP address.
+
+    Sent as SNI when it is a DNS name (RFC 6066 §3).  Empty: the host of the
+    server's ``address``.
+    """
+
+    type_name: str = "host"
+
+    def parse(self, raw: str) -> str:
+        """The name, lower-cased (host names compare case-insensitively)."""
+        if raw and not is_hostname(raw):
+            raise value_error("a DNS name or IP address", raw, "no port; empty for the server's host")
+        return raw.lower()
+
+    def show(self, value: str) -> str:
+        """The name; empty shows as ``(empty)``."""
+        return value or "(empty)"
+
+
 class _Required:
     """The default of a key that has none: the section must set it."""
 
@@ -213,11 +331,21 @@ _HOUR = 3600.0
 _TIMEOUT = Duration(0.001, _DAY)
 _GIB = 1024**3
 
+#: ``tls_min_version`` values; 1.0 and 1.1 are the explicit legacy override.
+TLS_VERSIONS = ("1.2", "1.3", "1.0", "1.1")
+
 GATEWAY: Mapping[str, ValueParser] = {
     "access_log": Boolean(),
     "server_header": FieldValue(),
     "via_pseudonym": Token(),
     "trusted_proxies": NetworkList(),
+    "spool_dir": FilePath(),
+    "spool_memory": Size(1024, 64 * _GIB, zero="spool nothing in memory"),
+    "spool_disk": Size(1024, 1024 * _GIB, zero="spool nothing on disk"),
+    "spool_buffer": Size(1024, _GIB),
+    "spool_max": Size(64 * 1024, 1024 * _GIB),
+    "tls_reload_interval": Duration(1.0, _DAY, zero="off"),
+    "tls_ticket_rotate": Duration(60.0, _DAY),
 }
 LISTENER: Mapping[str, ValueParser] = {
     "bind": Endpoint(),
@@ -231,7 +359,23 @@ LISTENER: Mapping[str, ValueParser] = {
     "timeout_client": _TIMEOUT,
     "timeout_request": Duration(0.001, _DAY, zero="no cap"),
     "default_backend": Name(optional=True),
+    "tls": Boolean(),
+    "tls_sites": NameList(),
+    "tls_default_site": Name(optional=True),
+    "tls_min_version": Choice(TLS_VERSIONS),
+    "tls_session_tickets": Boolean(),
+    "tls_client_auth": Choice(("off", "optional", "required")),
+    "tls_client_ca": FilePath(),
+    "tls_client_header": HeaderName(),
+    "hsts": Hsts(),
+    "redirect_https": Boolean(),
+    "redirect_https_port": Count(1, 65535),
 }
+#: Listener keys that only mean something with ``tls = true``.
+LISTENER_TLS_KEYS = (
+    "tls_sites", "tls_default_site", "tls_min_version", "tls_session_tickets",
+    "tls_client_auth", "tls_client_ca", "hsts",
+)
 ROUTE: Mapping[str, ValueParser] = {
     "backend": Name(),
     "host": RouteHost(),
@@ -241,6 +385,8 @@ ROUTE: Mapping[str, ValueParser] = {
     "methods": Methods(),
     "header": HeaderCondition(),
     "listeners": NameList(),
+    "buffering": Boolean(),
+    "request_buffering": Boolean(),
 }
 #: The keys of a route that say which paths it matches; at most one may be set.
 PATH_KEYS = ("path_prefix", "path_exact", "path_regex")
@@ -280,6 +426,11 @@ BACKEND: Mapping[str, ValueParser] = {
     "eject_time_max": Duration(1.0, _DAY),
     "eject_max_share": Ratio(),
     "slow_start": Duration(1.0, _HOUR, zero="off"),
+    "tls_verify": Boolean(),
+    "tls_ca": FilePath(),
+    "tls_server_name": ServerName(),
+    "tls_client_cert": FilePath(),
+    "tls_client_key": FilePath(),
 }
 SERVER: Mapping[str, ValueParser] = {
     "backend": Name(),
@@ -290,6 +441,23 @@ SERVER: Mapping[str, ValueParser] = {
     "drain": Boolean(),
 }
 DEMO: Mapping[str, ValueParser] = {"bind": Endpoint()}
+SITE: Mapping[str, ValueParser] = {
+    "names": SiteNames(),
+    "cert": FilePath(optional=False),
+    "key": FilePath(optional=False),
+    "chain": FilePath(),
+    "ocsp": FilePath(),
+    "alt_cert": FilePath(),
+    "alt_key": FilePath(),
+    "alt_chain": FilePath(),
+    "alt_ocsp": FilePath(),
+}
+#: Keys whose value is a file path, per section kind (made absolute on load).
+FILE_KEYS: Mapping[str, tuple[str, ...]] = {
+    "listener": ("tls_client_ca",),
+    "backend": ("tls_ca", "tls_client_cert", "tls_client_key"),
+    "site": ("cert", "key", "chain", "ocsp", "alt_cert", "alt_key", "alt_chain", "alt_ocsp"),
+}
 
 #: kind -> keys that every section of that kind must set.
 REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = {
@@ -297,6 +465,7 @@ REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = {
     "route": ("backend",),
     "server": ("backend", "address"),
     "demo": ("bind",),
+    "site": ("names", "cert", "key"),
 }
 
 

@@ -490,6 +490,36 @@ class NetworkList:
         return ", ".join(value) or "(empty)"
 
 
+_FILE_PATH = re.compile(r"[^\x00-\x1f\x7f]+\Z")
+
+
+@dataclass(frozen=True)
+class FilePath:
+    """A file's path: absolute, or relative to the configuration file's directory.
+
+    Only the form is checked here; :mod:`gateway.config` makes the path
+    absolute and, for the TLS keys, reads the file at check time, because a
+    certificate that can't be used must fail the check, not the first
+    handshake.  Empty is allowed only if ``optional`` (then: no file).
+    """
+
+    optional: bool = True
+    type_name: str = "file"
+
+    def parse(self, raw: str) -> str:
+        """The path as written."""
+        if raw == "" and self.optional:
+            return raw
+        if not _FILE_PATH.match(raw):
+            extra = "; or empty for none" if self.optional else ""
+            raise value_error("a file path", raw, f"no control characters{extra}")
+        return raw
+
+    def show(self, value: str) -> str:
+        """The path; empty shows as ``(empty)``."""
+        return value or "(empty)"
+
+
 class _NoReactor:
     """Stands in for a reactor while Twisted parses an endpoint; never used."""
 
@@ -524,26 +554,25 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Address:
-    """An origin server URL ``http://HOST[:PORT][/]`` -> ``(scheme, host, port)``.
+    """An origin server URL ``http[s]://HOST[:PORT][/]`` -> ``(scheme, host, port)``.
 
-    The port defaults to 80.  IPv6 hosts are written in brackets in the URL and
-    returned without them.
+    The port defaults to 80 for ``http`` and 443 for ``https`` (TLS to the
+    server, see :mod:`gateway.tlsupstream`).  IPv6 hosts are written in
+    brackets in the URL and returned without them.
     """
 
     type_name: str = "url"
 
     def parse(self, raw: str) -> tuple[str, str, int]:
         """``(scheme, host, port)``."""
-        form = "http://HOST:PORT"
+        form = "http://HOST:PORT or https://HOST:PORT"
         try:
             parts = urlsplit(raw)
             port = parts.port
         except ValueError:
             raise value_error(form, raw, "port 1..65535") from None
-        if parts.scheme == "https":
-            raise value_error(form, raw, "scheme http only; https comes with a later TLS issue")
-        if parts.scheme != "http" or not parts.netloc:
-            raise value_error(form, raw, "scheme http")
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise value_error(form, raw, "scheme http or https")
         host = parts.hostname or ""
         if parts.username is not None or not is_hostname(host):
             raise value_error(form, raw, "HOST is an IP address or host name")
@@ -551,7 +580,8 @@ class Address:
             raise value_error(form, raw, "port 1..65535")
         if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in raw:
             raise value_error(form, raw, "no path, query or fragment")
-        return parts.scheme, host, 80 if port is None else port
+        default_port = 443 if parts.scheme == "https" else 80
+        return parts.scheme, host, default_port if port is None else port
 
     def show(self, value: tuple[str, str, int]) -> str:
         """Back to a URL."""

@@ -35,6 +35,7 @@ from gateway.pages import error_response
 from gateway.parser import Request, check_partial_head, head_end, parse_request
 from gateway.pauses import Pauses
 from gateway.routing import split_target
+from gateway.tls import client_subject
 
 if TYPE_CHECKING:
     from gateway.config import ListenerConfig
@@ -78,6 +79,11 @@ class ClientConnection(Protocol):
         self.proto = factory.proto
         self.listener_name = factory.listener_name.encode("ascii")
         self.peer_trusted = False
+        #: The verified client-certificate subject (mTLS), read at the first request.
+        self.client_subject: bytes | None = None
+        #: (lower-cased, as configured) name of the header that carries it.
+        self.subject_header: tuple[bytes, bytes] = (b"", b"")
+        self._subject_read = False
         self.state = ConnState.IDLE
         self.pauses: Pauses
         self._buf = b""
@@ -195,6 +201,11 @@ class ClientConnection(Protocol):
             # replaced by the target's authority.
             host, path = split_target(target)
         runtime = self.factory.runtime()
+        self.subject_header = runtime.subject_headers[self.factory.listener_name]
+        if not self._subject_read and listener.tls_client_auth != "off":
+            # The handshake is complete once a request has been decrypted.
+            self._subject_read = True
+            self.client_subject = client_subject(self.transport)
         route = runtime.routes[self.factory.listener_name].match(
             host, path, request.method, request.headers
         )
@@ -346,9 +357,19 @@ class ClientConnection(Protocol):
                 server=runtime.server_header,
                 close=not keep_alive,
                 head_only=request is not None and request.method == b"HEAD",
-                extra_headers=((b"Date", http_date(self.reactor.seconds())), *extra),
+                extra_headers=self._error_headers(runtime, extra),
             )
         )
+
+    def _error_headers(
+        self, runtime: Runtime, extra: tuple[tuple[bytes, bytes], ...]
+    ) -> tuple[tuple[bytes, bytes], ...]:
+        """Date, HSTS on TLS listeners that set it, and the error's own fields."""
+        date = (b"Date", http_date(self.reactor.seconds()))
+        hsts = runtime.hsts[self.factory.listener_name]
+        if hsts is None:
+            return (date, *extra)
+        return (date, (b"Strict-Transport-Security", hsts), *extra)
 
     def _crashed(self) -> None:
         """A bug: answer 500 when nothing was sent yet, then close."""

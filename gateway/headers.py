@@ -177,6 +177,7 @@ def request_headers(
     trusted: bool,
     host_override: bytes | None,
     listener: bytes,
+    strip: bytes = b"",
 ) -> list[tuple[bytes, bytes]]:
     """The header list to send upstream for a client request with ``headers``.
 
@@ -189,6 +190,9 @@ def request_headers(
     version (``b"1.1"``/``b"1.0"``), both for Via. ``trusted``: whether the peer
     is in :class:`TrustedProxies`. ``host_override``: the backend's Host, if any.
     ``listener``: the listener's name, sent as Forwarded ``by=_name``; b"" omits it.
+    ``strip``: a lower-cased field name the gateway itself vouches for (the
+    verified client-certificate subject): incoming copies are dropped so no
+    client can forge it; b"" drops nothing.
 
     Rules, in one pass:
 
@@ -279,7 +283,12 @@ def request_headers(
                 append(pair)
             continue
         # RFC 9110 §7.6.1: hop-by-hop fields and Connection-listed fields stop here.
-        if name in HOP_BY_HOP or name in connection or name.startswith(_PROXY_PREFIX):
+        if (
+            name in HOP_BY_HOP
+            or name in connection
+            or name.startswith(_PROXY_PREFIX)
+            or name == strip
+        ):
             continue
         append(pair)
 

@@ -9,15 +9,20 @@ Runtime does no I/O; ``start()`` starts its health checks and ``stop()`` ends th
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import TYPE_CHECKING
 
 from gateway.balancer import ISelector, ServerState, make_selector
 from gateway.budget import RetryBudget
-from gateway.config import BackendConfig, Config, ServerConfig
+from gateway.config import BackendConfig, Config, GatewaySettings, ServerConfig
 from gateway.headers import TrustedProxies
 from gateway.health import HealthMonitor
 from gateway.parser import HeadLimits
 from gateway.routing import RouteTable
+from gateway.spool import SpoolBudget, SpoolLimits
+from gateway.spooling import SpoolSettings
+from gateway.tls import client_header, hsts_header
 from gateway.upstream import ServerPool
 
 if TYPE_CHECKING:
@@ -77,6 +82,23 @@ class BackendRuntime:
                 pool.close_idle()
 
 
+def spool_directory(settings: GatewaySettings) -> str:
+    """``spool_dir``, or ``gateway-spool`` in the system's temporary directory."""
+    return settings.spool_dir or os.path.join(tempfile.gettempdir(), "gateway-spool")
+
+
+def _spool_settings(settings: GatewaySettings, previous: Runtime | None) -> SpoolSettings:
+    """Spool limits from ``settings``; the budget (bytes held now) outlives reloads."""
+    if previous is None:
+        budget = SpoolBudget(settings.spool_memory, settings.spool_disk)
+    else:
+        budget = previous.spooling.budget
+        budget.memory_limit = settings.spool_memory
+        budget.disk_limit = settings.spool_disk
+    limits = SpoolLimits(memory=settings.spool_buffer, max_size=settings.spool_max)
+    return SpoolSettings(budget, limits, spool_directory(settings))
+
+
 class Runtime:
     """Routing tables, backends and header settings for one configuration."""
 
@@ -100,6 +122,14 @@ class Runtime:
             for listener in config.listeners
         }
         self.listeners = {listener.name: listener for listener in config.listeners}
+        #: Per listener: the client-subject header (lower-cased, as configured).
+        self.subject_headers = {
+            listener.name: (client_header(listener), listener.tls_client_header.encode("ascii"))
+            for listener in config.listeners
+        }
+        #: Per listener: the Strict-Transport-Security value, or None.
+        self.hsts = {listener.name: hsts_header(listener) for listener in config.listeners}
+        self.spooling = _spool_settings(settings, previous)
         old = previous.backends if previous is not None else {}
         self.backends: dict[str, BackendRuntime] = {
             backend.name: BackendRuntime(reactor, backend, old.get(backend.name))

@@ -1,13 +1,20 @@
 """The gateway's service tree: listeners, demo origins, and an ordered stop.
 
 Startup listens on every ``[listener:*]`` and ``[demo:*]`` endpoint (bind errors
-fail the start). Stop closes the listening ports, lets in-flight exchanges finish
+fail the start). A listener is one of three kinds: proxying over plain TCP,
+proxying behind TLS (``tls = true``: :mod:`gateway.tls`, its certificates kept
+by :class:`gateway.tlsreload.Certificates` and reloaded on SIGHUP), or
+redirecting to HTTPS (``redirect_https = true``: :mod:`gateway.redirect`).
+Stop closes the listening ports, lets in-flight exchanges finish
 for up to ``shutdown_grace`` seconds, closes what remains, then drops idle
 upstream connections.
 """
 
 from __future__ import annotations
 
+import os
+
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.application.internet import StreamServerEndpointService
@@ -18,7 +25,10 @@ from twisted.logger import Logger
 
 from gateway.demo import demo_site
 from gateway.frontend import GatewayFactory
+from gateway.redirect import RedirectFactory
 from gateway.runtime import Runtime
+from gateway.spool import SpoolDirError, check_spool_dir, sweep_spool_dir
+from gateway.tlsreload import Certificates, install_sighup
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -29,6 +39,24 @@ log = Logger()
 SHUTDOWN_GRACE = 10.0
 
 
+def prepare_spool_dir(directory: str) -> None:
+    """Create the spool directory and sweep what a crashed process left there.
+
+    A directory that can't be used is logged, not fatal: spools that can't
+    spill to disk make their responses stream with backpressure instead.
+    """
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        swept = sweep_spool_dir(directory)
+        check_spool_dir(directory)
+    except (OSError, SpoolDirError) as exc:
+        log.warn("spool directory {dir} unusable, spooling to memory only: {error}",
+                 dir=directory, error=exc)
+        return
+    if swept:
+        log.info("swept {n} stale spool files from {dir}", n=swept, dir=directory)
+
+
 class GatewayService(MultiService):
     """Owns the live :class:`Runtime` and every listening port."""
 
@@ -37,13 +65,27 @@ class GatewayService(MultiService):
         self.reactor = reactor
         self._runtime = Runtime(reactor, config)
         self.factories: list[GatewayFactory] = []
+        self.redirects: list[RedirectFactory] = []
+        self.certificates = Certificates(reactor, config)
+        self._restore_sighup: Callable[[], None] | None = None
         for demo in config.demos:
             self._listen(demo.bind, demo_site(demo.name))
         for listener in config.listeners:
-            proto = b"https" if listener.bind.startswith("ssl:") else b"http"
+            if listener.redirect_https:
+                redirect = RedirectFactory(reactor, self.runtime, listener.name)
+                self.redirects.append(redirect)
+                self._listen(listener.bind, redirect)
+                continue
+            secure = listener.tls or listener.bind.startswith("ssl:")
+            proto = b"https" if secure else b"http"
             factory = GatewayFactory(reactor, self.runtime, listener.name, proto)
             self.factories.append(factory)
-            self._listen(listener.bind, factory)
+            if listener.tls:
+                # Contexts are built here from the checked files; a file that
+                # changed since the check refuses the start (ConfigError).
+                self._listen(listener.bind, self.certificates.wrap(listener, factory))
+            else:
+                self._listen(listener.bind, factory)
 
     def _listen(self, bind: str, factory: object) -> None:
         endpoint = serverFromString(self.reactor, bind)
@@ -62,20 +104,35 @@ class GatewayService(MultiService):
         return self._runtime
 
     def startService(self) -> None:
-        """Listen on every endpoint, then start health checks."""
+        """Prepare the spool directory, listen on every endpoint, start health checks."""
+        prepare_spool_dir(self._runtime.spooling.directory)
         super().startService()
         self._runtime.start()
+        self.certificates.start()
+        if self.certificates.in_use:
+            self._restore_sighup = install_sighup(self.reactor, self.reload_certificates)
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: read every TLS file again; what fails keeps what it had (logged)."""
+        self.certificates.reload("SIGHUP")
 
     def reload(self, config: Config) -> None:
         """Swap in a new configuration whole (listener binds need a restart)."""
         old, self._runtime = self._runtime, Runtime(self.reactor, config, self._runtime)
         old.retire(self._runtime)
+        self.certificates.configure(config)
         if self.running:
             self._runtime.start()
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, drain in-flight requests, then close upstream pools."""
         stopped = super().stopService()
+        self.certificates.stop()
+        if self._restore_sighup is not None:
+            self._restore_sighup()
+            self._restore_sighup = None
+        for redirect in self.redirects:
+            redirect.stop_accepting()
         for factory in self.factories:
             factory.stop_accepting()
         drained: Deferred[None] = Deferred()

@@ -26,6 +26,7 @@ def simple_config(
     servers: int = 2,
     listener: dict[str, object] | None = None,
     backend: dict[str, object] | None = None,
+    route: dict[str, object] | None = None,
     **gateway: object,
 ) -> Config:
     """One listener ``web``, one route to backend ``app`` with ``servers`` servers."""
@@ -35,7 +36,7 @@ def simple_config(
     base = Config(
         source="<test>",
         listeners=(ListenerConfig("web", "tcp:0", **(listener or {})),),  # type: ignore[arg-type]
-        routes=(RouteConfig("all", "app"),),
+        routes=(RouteConfig("all", "app", **(route or {})),),  # type: ignore[arg-type]
         backends=(BackendConfig("app", server_configs, **(backend or {})),),  # type: ignore[arg-type]
     )
     if gateway:

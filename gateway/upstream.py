@@ -34,6 +34,7 @@ from gateway.errors import (
 from gateway.parser import HeadLimits, Response, check_partial_head, head_end, parse_response
 from gateway.fastwrite import writer_for
 from gateway.pauses import Pauses
+from gateway.tlsupstream import UpstreamTLSError, connect_factory as tls_connect_factory
 
 if TYPE_CHECKING:
     from gateway.config import BackendConfig, ServerConfig
@@ -156,6 +157,11 @@ class UpstreamConnection(Protocol):
         self.sink = None
         if self.state is not State.CLOSED:
             self.transport.abortConnection()
+
+    @property
+    def remaining(self) -> int:
+        """Response body bytes still to read: >= 0, -1 (chunked) or -2 (until close)."""
+        return self._remaining
 
     def pause_reading(self) -> None:
         """The client is slow: stop reading and stop blaming the upstream for it."""
@@ -395,8 +401,18 @@ class ServerPool:
         self.connects += 1
         attempt = _Attempt(self, sink)
         self._attempts.add(attempt)
+        factory: ClientFactory = attempt
+        if self.server.scheme == "https":
+            # TLS around the attempt; the connection reaches the pool only once
+            # the handshake (with verification) succeeded (gateway.tlsupstream).
+            try:
+                factory = tls_connect_factory(self.reactor, attempt, self.server, self.backend)
+            except UpstreamTLSError as exc:
+                failure = Failure(exc)
+                self.reactor.callLater(0, attempt.clientConnectionFailed, None, failure)
+                return
         self.reactor.connectTCP(
-            self.server.host, self.server.port, attempt, timeout=self.backend.timeout_connect
+            self.server.host, self.server.port, factory, timeout=self.backend.timeout_connect
         )
 
     def connected(self, conn: UpstreamConnection) -> None:

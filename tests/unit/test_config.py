@@ -23,6 +23,7 @@ from gateway.config import (
     ListenerConfig,
     RouteConfig,
     ServerConfig,
+    SiteConfig,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -264,7 +265,8 @@ class ErrorTests(SynchronousTestCase):
             problems(MINIMAL + "[frontend:x]\n"),
             (
                 "gw.ini:9 [frontend:x] -: unknown section kind 'frontend'; allowed: gateway, "
-                "defaults, listener:NAME, route:NAME, backend:NAME, server:NAME, demo:NAME",
+                "defaults, listener:NAME, route:NAME, backend:NAME, server:NAME, demo:NAME, "
+                "site:NAME",
             ),
         )
 
@@ -298,7 +300,8 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(
             problems(MINIMAL.replace("[route:all]", "[route:all]\nprefix = /")),
             ("gw.ini:8 [route:all] prefix: unknown key; allowed: backend, host, "
-             "path_prefix, path_exact, path_regex, methods, header, listeners",),
+             "path_prefix, path_exact, path_regex, methods, header, listeners, buffering, "
+             "request_buffering",),
         )
 
     def test_duplicate_section(self) -> None:
@@ -676,12 +679,14 @@ class ValueTests(SynchronousTestCase):
             self.assertRaises(ValueError, parse, "server", "address", raw)
 
     def test_address_https(self) -> None:
-        """https is refused with a message that says TLS comes later."""
-        error = self.assertRaises(ValueError, parse, "server", "address", "https://h:443")
+        """https is TLS to the server; its port defaults to 443."""
+        self.assertEqual(parse("server", "address", "https://h"), ("https", "h", 443))
+        self.assertEqual(parse("server", "address", "https://h:8443/"), ("https", "h", 8443))
+        error = self.assertRaises(ValueError, parse, "server", "address", "ftp://h:21")
         self.assertEqual(
             str(error),
-            "expected http://HOST:PORT, got 'https://h:443'; "
-            "allowed: scheme http only; https comes with a later TLS issue",
+            "expected http://HOST:PORT or https://HOST:PORT, got 'ftp://h:21'; "
+            "allowed: scheme http or https",
         )
 
 
@@ -691,7 +696,8 @@ class TableTests(SynchronousTestCase):
     def test_fields_covered(self) -> None:
         """Every dataclass field except the identity fields has a key, and no more."""
         classes = {"gateway": GatewaySettings, "listener": ListenerConfig,
-                   "route": RouteConfig, "backend": BackendConfig, "demo": DemoConfig}
+                   "route": RouteConfig, "backend": BackendConfig, "demo": DemoConfig,
+                   "site": SiteConfig}
         for kind, cls in classes.items():
             names = {f.name for f in dataclasses.fields(cls)} - {"name", "servers"}
             self.assertEqual(set(SECTION_KEYS[kind]), names, kind)

@@ -88,10 +88,11 @@ class ConfigurationDocsTests(SynchronousTestCase):
                 SECTION_KEYS[kind][key].parser.parse(row["example"])
 
     def test_reload(self) -> None:
-        """Every key reloads except a listener's bind, which needs a restart."""
+        """Every key reloads except a listener's bind, tls and redirect_https (its socket's kind)."""
+        restart = {("listener", "bind"), ("listener", "tls"), ("listener", "redirect_https")}
         for kind, rows in self.docs.items():
             for key, row in rows.items():
-                needs_restart = (kind, key) == ("listener", "bind")
+                needs_restart = (kind, key) in restart
                 self.assertEqual(
                     row["reload"], "no (restart)" if needs_restart else "yes", f"[{kind}] {key}"
                 )

@@ -126,8 +126,8 @@ class BackpressureTests(SynchronousTestCase):
     """Slow peers pause the other side instead of filling memory."""
 
     def test_slow_client_pauses_upstream(self) -> None:
-        """When the client transport asks us to pause, the upstream read pauses."""
-        h = Harness()
+        """With buffering off, a client transport's pause pauses the upstream read."""
+        h = Harness(simple_config(route={"buffering": False}))
         client = h.client()
         client.send(GET)
         origin = h.upstream()
