@@ -49,6 +49,7 @@ class GatewaySettings:
     server_header: str = "gateway"
     via_pseudonym: str = "gateway"
     trusted_proxies: tuple[str, ...] = ()
+    workers: int = 0
     spool_dir: str = ""
     spool_memory: int = 64 * 1024 * 1024
     spool_disk: int = 1024 * 1024 * 1024

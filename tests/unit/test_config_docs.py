@@ -88,8 +88,13 @@ class ConfigurationDocsTests(SynchronousTestCase):
                 SECTION_KEYS[kind][key].parser.parse(row["example"])
 
     def test_reload(self) -> None:
-        """Every key reloads except a listener's bind, tls and redirect_https (its socket's kind)."""
-        restart = {("listener", "bind"), ("listener", "tls"), ("listener", "redirect_https")}
+        """Every key reloads except a listener's socket kind and the number of workers."""
+        restart = {
+            ("listener", "bind"),
+            ("listener", "tls"),
+            ("listener", "redirect_https"),
+            ("gateway", "workers"),
+        }
         for kind, rows in self.docs.items():
             for key, row in rows.items():
                 needs_restart = (kind, key) in restart
