@@ -672,7 +672,8 @@ class Exchange:
             headers.append((b"Connection", b"keep-alive"))
         self._framing = framing
         self._keep_alive = keep_alive
-        if framing is not _Framing.NONE and self.route.buffering:
-            self._spoolable, headers = spoolable(headers)
+        # Always scanned: X-Accel-Buffering is removed even where nothing spools.
+        allowed, headers = spoolable(headers)
+        self._spoolable = allowed and framing is not _Framing.NONE and self.route.buffering
         return serialize_head(b"HTTP/1.1 %d %s" % (response.status, response.reason), headers)
 

@@ -331,12 +331,17 @@ class Spool:
                     self._memory = held
                 self.room = Room.FULL
                 self._append_memory(data)
-        else:
-            if not self._cover_disk(held):
-                self._budget.charge_disk(held - self._disk)
-                self._disk = held
-                self.room = Room.FULL
+        elif self.room is Room.OPEN and self._cover_disk(held):
             self._append_disk(data)
+        else:
+            # The disk budget is spent: the file never grows past what it
+            # covers, so spool_disk holds exactly. The read already in hand
+            # waits in memory (charged there: one read per full spool, the
+            # documented overhead) until the reader has passed everything on.
+            self._budget.charge_memory(n)
+            self._memory += n
+            self.room = Room.FULL
+            self._tail += data
         self.available = total
         self._wake()
         return self.room

@@ -436,13 +436,17 @@ class FullTests(SpoolCase):
         self.assertEqual(read_all(spool), b"x" * 1200)
 
     def test_full_on_disk(self) -> None:
-        """Past the disk budget midway, write answers FULL and still stores the bytes."""
+        """Past the disk budget midway, write answers FULL and keeps the bytes in memory.
+
+        The disk cap holds exactly: what the budget can't cover waits in memory
+        (one read per full spool) until the reader has passed it on.
+        """
         self.budget.disk_limit = 50_000
         spool = self.open()
         spool.write(b"a" * 1000)
         self.assertIs(spool.write(b"b" * 20_000), Room.OPEN)
         self.assertIs(spool.write(b"c" * 40_000), Room.FULL)
-        self.assertEqual(self.budget.disk_used, 61_000)
+        self.assertLessEqual(self.budget.disk_used, 50_000)
         self.assertEqual(read_all(spool), b"a" * 1000 + b"b" * 20_000 + b"c" * 40_000)
 
     def test_reader_catching_up_gives_room(self) -> None:
