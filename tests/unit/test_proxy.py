@@ -313,3 +313,48 @@ class FailureTests(SynchronousTestCase):
         client.send(GET)
         self.assertEqual(status_of(client.received()), 404)
         self.assertFalse(client.closed)
+
+
+class CrashTests(SynchronousTestCase):
+    """A bug in request handling costs one request, never the process."""
+
+    def test_exception_answered_500_and_logged(self) -> None:
+        """An exception while routing is logged with its traceback and answered 500."""
+        from twisted.logger import globalLogPublisher
+
+        class Broken:
+            def match(self, *args: object) -> None:
+                raise RuntimeError("routing bug")
+
+        h = Harness()
+        h.runtime.routes["web"] = Broken()  # type: ignore[assignment]
+        failures: list[dict] = []
+        observer = lambda event: failures.append(event) if "log_failure" in event else None
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        client = h.client()
+        client.send(GET)
+        answer = client.received()
+        self.assertEqual(status_of(answer), 500)
+        self.assertNotIn(b"routing bug", answer)
+        self.assertTrue(client.closed)
+        self.assertEqual(len(failures), 1)
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_other_connections_unaffected(self) -> None:
+        """After one request crashed, a new connection is served normally."""
+        h = Harness()
+        real = h.runtime.routes["web"]
+
+        class Broken:
+            def match(self, *args: object) -> None:
+                raise RuntimeError("routing bug")
+
+        h.runtime.routes["web"] = Broken()  # type: ignore[assignment]
+        h.client().send(GET)
+        self.flushLoggedErrors(RuntimeError)
+        h.runtime.routes["web"] = real
+        client = h.client()
+        client.send(GET)
+        h.upstream().send(OK)
+        self.assertEqual(status_of(client.received()), 200)
