@@ -36,11 +36,15 @@ FULL_CELLS = (
 QUICK_CELLS = (
     Cell("/1k", 50),
     Cell("/1k", 500),
+    Cell("/100k", 1),  # where a missing TCP_NODELAY shows (40 ms delayed-ACK stalls)
     Cell("/100k", 50),
     Cell("/1k", 50, close=True),
 )
 #: The cell where the access log is measured on against off.
 ACCESS_LOG_CELL = Cell("/1k", 50)
+#: The cell where gateway ``workers = 2`` meets nginx ``worker_processes 2``
+#: (run when the gateway has workers: gateway/workers.py).
+WORKERS_CELL = Cell("/1k", 50)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +56,11 @@ class Plan:
     repeats: int
     warmup_s: int
 
-    def estimate_s(self) -> float:
+    def estimate_s(self, workers_row: bool = True) -> float:
         """Seconds of load the plan generates (startup and pauses not counted)."""
         per_cell = self.duration_s * (2 * self.repeats + 2) + 4 * self.warmup_s
-        return len(self.cells) * per_cell + 2 * self.repeats * self.duration_s
+        extra = 1 + int(workers_row)  # the access-log pair, the workers pair
+        return len(self.cells) * per_cell + extra * 2 * self.repeats * self.duration_s
 
 
 FULL = Plan(FULL_CELLS, duration_s=5, repeats=3, warmup_s=1)

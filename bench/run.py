@@ -1,11 +1,15 @@
-"""The gateway's benchmark beside nginx; start it with ``bash bench/run [--quick]``.
+"""The gateway's benchmark beside nginx: ``bash bench/run [--quick | --tls | --slow]``.
 
-It starts, under one temporary directory and on 127.0.0.1 only: an nginx origin
-serving 1 KiB and 100 KiB files, nginx as the reference reverse proxy, the
-gateway, the gateway again in quick mode with its access log on, and Twisted's
-ReverseProxyResource.  For each cell it alternates wrk runs against the gateway
-and nginx, then measures the origin alone and Twisted's proxy, and reports
-medians and ratios (see docs/performance.md for how to read them).
+The matrix (full or ``--quick``) starts, under one temporary directory and on
+127.0.0.1 only: an nginx origin serving 1 KiB and 100 KiB files, nginx as the
+reference reverse proxy, the gateway, the gateway again with its access log
+on, and Twisted's ReverseProxyResource.  For each cell it alternates wrk runs
+against the gateway and nginx, then measures the origin alone and Twisted's
+proxy, and reports medians and ratios (see docs/performance.md for how to
+read them).  ``--tls`` measures TLS termination beside nginx
+(bench/tlsbench.py); ``--slow`` how long slow clients hold backends through
+each proxy (bench/slowclients.py).  Each mode writes its own generated section
+of docs/performance.md.
 
 Invariants:
 - Every process started is stopped on the way out: normal end, error, Ctrl-C,
@@ -34,10 +38,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
+import certs
 import report
 import servers
+import slowclients
+import tlsbench
 import wrk
-from cells import ACCESS_LOG_CELL, FULL, QUICK, Cell, Plan, Sample, Series
+from cells import ACCESS_LOG_CELL, FULL, QUICK, WORKERS_CELL, Cell, Plan, Sample, Series
 from servers import BODIES, Processes, Server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,15 +57,22 @@ class Interrupted(Exception):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """``[--quick] [--duration S] [--repeats N] [--write-docs | --no-write-docs]``."""
+    """``[--quick | --tls | --slow] [--duration S] [--repeats N] [--[no-]write-docs]``."""
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a subset of cells, 2 s per run, no repeats (under 2 minutes)")
-    parser.add_argument("--duration", type=int, help="whole seconds per wrk run")
-    parser.add_argument("--repeats", type=int, help="gateway/nginx alternations per cell")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help="a subset of cells, 2 s per run, no repeats (under 2 minutes)")
+    mode.add_argument("--tls", action="store_true",
+                      help="TLS 1.3 termination beside nginx: full and resumed handshakes, "
+                      "keep-alive (about 2 minutes)")
+    mode.add_argument("--slow", action="store_true",
+                      help="slow clients: how long each proxy holds the backend (under 1 minute)")
+    parser.add_argument("--duration", type=int, help="whole seconds per wrk/s_time run")
+    parser.add_argument("--repeats", type=int,
+                        help="gateway/nginx alternations per cell (--slow: rounds)")
     parser.add_argument("--write-docs", action=argparse.BooleanOptionalAction, default=None,
-                        help="replace the generated part of docs/performance.md "
-                        "(default: yes for the full run, no for --quick)")
+                        help="replace this mode's generated part of docs/performance.md "
+                        "(default: yes, except for --quick)")
     return parser.parse_args(argv)
 
 
@@ -115,8 +129,16 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def start_servers(processes: Processes, root: Path, nginx: str, twistd: str) -> dict[str, Server]:
-    """Start the origin, then every proxy in front of it; keyed by target name."""
+def start_servers(
+    processes: Processes, root: Path, nginx: str, twistd: str, workers_row: bool
+) -> dict[str, Server]:
+    """Start the origin, then every proxy in front of it; keyed by target name.
+
+    Both gateways run with ``workers = 1`` and nginx with ``worker_processes 1``.
+    With ``workers_row``, also the gateway with ``workers = 2`` and nginx with
+    ``worker_processes 2`` ("gateway-w2", "nginx-w2"), unless the gateway
+    doesn't start two workers (then a note says so and the row is left out).
+    """
     www = servers.write_bodies(root)
     origin = servers.start_origin(processes, nginx, root, www)
     started = [
@@ -126,13 +148,27 @@ def start_servers(processes: Processes, root: Path, nginx: str, twistd: str) -> 
         servers.start_gateway(processes, twistd, root, origin, access_log=True),
         servers.start_twisted_proxy(processes, root, origin),
     ]
+    if workers_row:
+        gateway = servers.start_gateway(processes, twistd, root, origin, access_log=False,
+                                        name="gateway-w2", workers=2)
+        if servers.wait_for_workers(gateway):
+            started += [gateway, servers.start_nginx_proxy(processes, nginx, root, origin,
+                                                           name="nginx-w2", workers=2)]
+        else:
+            print("bench: the gateway with workers = 2 did not start two worker processes; "
+                  "leaving the workers row out", flush=True)
     return {server.name: server for server in started}
 
 
-def check_answers(targets: dict[str, Server]) -> None:
+def workers_supported(source: Path) -> bool:
+    """Whether the gateway measured has worker processes (gateway/workers.py)."""
+    return (source / "gateway" / "workers.py").exists()
+
+
+def check_answers(targets: dict[str, Server], bodies: dict[str, int] = BODIES) -> None:
     """Fetch each body through each target once: 200 and the full length, or stop."""
     for server in targets.values():
-        for path, size in BODIES.items():
+        for path, size in bodies.items():
             try:
                 with urllib.request.urlopen(server.url(path), timeout=10) as answer:
                     status, body = answer.status, answer.read()
@@ -171,7 +207,7 @@ class Bench:
         result = wrk.run(self.wrk_path, server.url(cell.path), cell.connections,
                          self.plan.duration_s, cell.close)
         overflows = servers.listen_overflows() - overflows
-        rss = servers.rss_kib(server.measured_pid())
+        rss = server.rss_kib()
         sample = Sample(result, rss, overflows)
         self.results.setdefault((cell, name), Series()).samples.append(sample)
         self._done += 1
@@ -202,10 +238,19 @@ class Bench:
             self.measure(cell, "gateway")
             self.measure(cell, "gateway+log")
 
+    def run_workers(self) -> None:
+        """Alternate the gateway with two workers and nginx with two, in one cell."""
+        cell = WORKERS_CELL
+        self.warm(cell, ("gateway-w2", "nginx-w2"))
+        for _ in range(self.plan.repeats):
+            self.measure(cell, "gateway-w2")
+            self.measure(cell, "nginx-w2")
 
-def run_count(plan: Plan) -> int:
+
+def run_count(plan: Plan, workers_row: bool) -> int:
     """How many recorded wrk runs the plan makes (for the progress counter)."""
-    return len(plan.cells) * (2 * plan.repeats + 2) + 2 * plan.repeats
+    pairs = 1 + int(workers_row)
+    return len(plan.cells) * (2 * plan.repeats + 2) + pairs * 2 * plan.repeats
 
 
 def entry_command(argv: list[str]) -> str:
@@ -214,32 +259,133 @@ def entry_command(argv: list[str]) -> str:
     return " ".join([entry, *(shlex.quote(arg) for arg in argv)])
 
 
+def run_matrix(
+    processes: Processes, root: Path, plan: Plan, tools: dict[str, str], workers_row: bool
+) -> dict[tuple[Cell, str], Series]:
+    """The matrix: every cell of ``plan``, the access-log comparison, the workers row."""
+    targets = start_servers(processes, root, tools["nginx"], tools["twistd"], workers_row)
+    workers_row = "gateway-w2" in targets
+    check_answers(targets)
+    bench = Bench(targets, plan, tools["wrk"], run_count(plan, workers_row))
+    for cell in plan.cells:
+        bench.run_cell(cell)
+    bench.run_access_log()
+    if workers_row:
+        bench.run_workers()
+    return bench.results
+
+
+def run_tls(
+    processes: Processes, root: Path, plan: tlsbench.TlsPlan, tools: dict[str, str]
+) -> tlsbench.TlsResults:
+    """TLS 1.3 termination: the gateway and nginx with one certificate, one origin."""
+    cert = certs.make_certificate(root / "tls")
+    origin = servers.start_origin(processes, tools["nginx"], root, servers.write_bodies(root))
+    listener, site = tlsbench.gateway_settings(cert)
+    targets = {
+        "gateway": servers.start_gateway(processes, tools["twistd"], root, origin, False,
+                                         listener=listener, sections=site),
+        "nginx": servers.start_nginx_proxy(processes, tools["nginx"], root, origin,
+                                           tls=tlsbench.nginx_directives(cert)),
+    }
+    negotiated = tlsbench.check(tools["openssl"], targets, cert)
+    print("bench: both negotiate " + ", ".join(next(iter(negotiated.values())).values()),
+          flush=True)
+    results = tlsbench.run(targets, plan, tools["openssl"], tools["wrk"], PAUSE_S)
+    results.negotiated = negotiated
+    return results
+
+
+def run_slow(
+    processes: Processes, root: Path, plan: slowclients.SlowPlan, tools: dict[str, str]
+) -> dict[str, list[slowclients.SlowRun]]:
+    """Slow clients through the gateway with spooling on and off, and through nginx."""
+    port = servers.free_port()
+    script = Path(__file__).with_name("slow_origin.py")
+    log = root / "slow-origin.log"
+    argv = [sys.executable, str(script), str(port), "--size", str(slowclients.BODY),
+            "--sndbuf", str(slowclients.ORIGIN_SNDBUF)]
+    origin = Server("slow-origin", port, processes.start(argv, log), log)
+    servers.wait_until_listening(origin)
+    twistd = tools["twistd"]
+    targets = {
+        "gateway": servers.start_gateway(processes, twistd, root, origin, False,
+                                         route="buffering = true\n"),
+        "gateway-nobuf": servers.start_gateway(processes, twistd, root, origin, False,
+                                               name="gateway-nobuf",
+                                               route="buffering = false\n"),
+        "nginx": servers.start_nginx_proxy(processes, tools["nginx"], root, origin),
+    }
+    check_answers(targets, {"/body": slowclients.BODY})
+    runs: dict[str, list[slowclients.SlowRun]] = {name: [] for name in targets}
+    total, done = plan.runs * len(targets), 0
+    for round_number in range(1, plan.runs + 1):
+        for name, server in targets.items():
+            run = slowclients.one_run(origin, server, f"{name}-{round_number}")
+            run.rss_kib = servers.rss_kib(server.measured_pid())
+            runs[name].append(run)
+            done += 1
+            print(f"[{done:3d}/{total}] {name:<14} origin hold p50 "
+                  f"{run.hold_median() * 1000:8.0f} ms  p90 {run.hold_p90() * 1000:8.0f} ms  "
+                  f"client p50 {run.client_median():5.2f} s  "
+                  f"whole {run.whole()}/{len(run.clients)}", flush=True)
+            time.sleep(plan.pause_s)
+    return runs
+
+
 def main(argv: list[str]) -> int:
-    """Run the plan, print the report, and write docs/performance.md if asked."""
+    """Run the chosen mode, print its report, and write docs/performance.md if asked."""
     args = parse_args(argv)
-    plan = make_plan(args)
     write_docs = args.write_docs if args.write_docs is not None else not args.quick
-    nginx, wrk_path, twistd = find_tool("nginx"), find_tool("wrk"), find_twistd()
+    tools = {"nginx": find_tool("nginx"), "wrk": find_tool("wrk"), "twistd": find_twistd()}
+    if args.tls:
+        tools["openssl"] = find_tool("openssl")
+        tls_plan = tlsbench.PLAN
+        if args.duration is not None:
+            tls_plan = dataclasses.replace(tls_plan, duration_s=max(1, args.duration))
+        if args.repeats is not None:
+            tls_plan = dataclasses.replace(tls_plan, repeats=max(1, args.repeats))
+        estimate = tls_plan.estimate_s()
+        mode = "tls"
+        intro = (f"bench --tls: {len(tlsbench.CELLS)} cells, {tls_plan.duration_s} s per run, "
+                 f"{tls_plan.repeats} alternation(s), TLS 1.3, {certs.KEY_TYPE}")
+    elif args.slow:
+        slow_plan = slowclients.SlowPlan()
+        if args.repeats is not None:
+            slow_plan = dataclasses.replace(slow_plan, runs=max(1, args.repeats))
+        estimate = slow_plan.estimate_s()
+        mode = "slow"
+        intro = (f"bench --slow: {slowclients.CLIENTS} clients at "
+                 f"{slowclients.RATE // 1024} KiB/s for {slowclients.SLOW_S:g} s, "
+                 f"{slowclients.BODY // 1024} KiB each, {slow_plan.runs} round(s) of "
+                 f"{len(slowclients.TARGETS)} proxies")
+    else:
+        plan = make_plan(args)
+        workers_row = workers_supported(Path(os.environ.get("BENCH_SOURCE", REPO)))
+        estimate = plan.estimate_s(workers_row)
+        mode = "matrix"
+        intro = (f"bench: {len(plan.cells)} cells, {plan.duration_s:g} s per run, "
+                 f"{plan.repeats} repeat(s). wrk -t1 (one core for load, one for the proxy); "
+                 "nginx worker_processes 1 and gateway workers = 1"
+                 + (", plus one cell with 2 of each" if workers_row else ""))
     raise_file_limit()
     started_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     began = time.monotonic()
-    limit_s = int(2 * plan.estimate_s() + 120)
-    print(f"bench: {len(plan.cells)} cells, {plan.duration_s:g} s per run, {plan.repeats} "
-          f"repeat(s); about {plan.estimate_s() / 60:.1f} min of load, stopped after "
-          f"{limit_s / 60:.0f} min at most. wrk -t1 (one core for load, one for the proxy); "
-          "nginx worker_processes 1 (like the gateway's single process).", flush=True)
+    limit_s = int(2 * estimate + 120)
+    print(f"{intro}; about {estimate / 60:.1f} min of load, stopped after "
+          f"{limit_s / 60:.0f} min at most.", flush=True)
     processes = Processes()
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         root = Path(tmp)
         root.chmod(0o755)  # nginx workers must reach the document root
         try:
             with bounded(limit_s):
-                targets = start_servers(processes, root, nginx, twistd)
-                check_answers(targets)
-                bench = Bench(targets, plan, wrk_path, run_count(plan))
-                for cell in plan.cells:
-                    bench.run_cell(cell)
-                bench.run_access_log()
+                if mode == "tls":
+                    tls_results = run_tls(processes, root, tls_plan, tools)
+                elif mode == "slow":
+                    slow_runs = run_slow(processes, root, slow_plan, tools)
+                else:
+                    results = run_matrix(processes, root, plan, tools, workers_row)
         except (Interrupted, KeyboardInterrupt) as exc:
             print(f"\nbench: interrupted ({str(exc) or 'Ctrl-C'}); stopping everything", file=sys.stderr)
             return 130
@@ -250,13 +396,22 @@ def main(argv: list[str]) -> int:
             signal.signal(signal.SIGINT, previous)
     elapsed = time.monotonic() - began
     source = Path(os.environ.get("BENCH_SOURCE", REPO))
-    notes = report.machine_notes(nginx, wrk_path, source, os.environ.get("BENCH_REVISION"))
-    block = report.generated_block(
-        bench.results, plan, entry_command(argv), started_at, elapsed, notes
-    )
+    notes = report.machine_notes(tools["nginx"], tools["wrk"], source,
+                                 os.environ.get("BENCH_REVISION"))
+    command = entry_command(argv)
+    begin, end = report.MARKERS[mode]
+    if mode == "tls":
+        notes.append(f"- {report.first_line([tools['openssl'], 'version'])}")
+        heading = report.heading(command, started_at, elapsed, notes)
+        block = "\n".join([begin, tlsbench.section(tls_results, tls_plan, heading), end])
+    elif mode == "slow":
+        heading = report.heading(command, started_at, elapsed, notes)
+        block = "\n".join([begin, slowclients.section(slow_runs, slow_plan, heading), end])
+    else:
+        block = report.generated_block(results, plan, command, started_at, elapsed, notes)
     print("\n" + block)
     if write_docs:
-        report.update_docs(DOCS, block)
+        report.update_docs(DOCS, block, begin, end)
         print(f"\nbench: wrote {DOCS.relative_to(REPO)}")
     print(f"bench: done in {elapsed / 60:.1f} min")
     return 0

@@ -1,12 +1,15 @@
-"""The processes a benchmark runs: origin, nginx proxy, gateway, Twisted's proxy.
+"""The processes a benchmark runs: origins, nginx proxies, gateways, Twisted's proxy.
 
 Invariants:
 - Every process is started through :class:`Processes`, in a session (and so a
   process group) of its own; :meth:`Processes.stop_all` ends each group with
   SIGTERM, then SIGKILL after a grace period.  Nothing else is ever signalled.
 - Everything listens on 127.0.0.1 only, on ports the kernel picked as free.
-- Every file (configs, pid files, logs, nginx temp dirs, the static bodies)
-  lives under one temporary directory.
+- Every file (configs, pid files, logs, nginx temp dirs, gateway spool
+  directories, certificates, the static bodies) lives under one temporary
+  directory.
+- Every gateway runs with an explicit ``workers`` count (1 unless a cell is
+  about workers), so a change of the default can't change what is measured.
 """
 
 from __future__ import annotations
@@ -35,20 +38,53 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    scheme: str = "http"
+    workers: int = 1
 
     def url(self, path: str) -> str:
-        """``http://127.0.0.1:PORT/path``."""
-        return f"http://{HOST}:{self.port}{path}"
+        """``http://127.0.0.1:PORT/path`` (``https://`` for a TLS listener)."""
+        return f"{self.scheme}://{HOST}:{self.port}{path}"
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the process and its direct children so far.
+
+        For nginx that is the master and its workers; for the gateway the
+        process itself (and its workers, once it has any).
+        """
+        pids = [self.process.pid, *_children(self.process.pid)]
+        return sum(cpu_seconds(pid) for pid in pids)
+
+    def rss_kib(self) -> int:
+        """VmRSS of the process that does the work, or of all processes (parent
+        and workers) when the server runs more than one worker."""
+        if self.workers > 1:
+            pids = [self.process.pid, *_children(self.process.pid)]
+            return sum(rss_kib(pid) for pid in pids)
+        return rss_kib(self.measured_pid())
 
     def measured_pid(self) -> int:
         """The process that does the work: nginx's single worker, else the process itself."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        try:
-            pids = children.read_text().split()
-        except OSError:
-            pids = []
+        pids = _children(self.process.pid)
         # An nginx master has exactly one worker here (worker_processes 1).
-        return int(pids[0]) if pids and self.name.startswith("nginx") else self.process.pid
+        return pids[0] if pids and self.name.startswith("nginx") else self.process.pid
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux's /proc/PID/task/PID/children)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds, from /proc/PID/stat; 0 if it is gone."""
+    try:
+        # The command name (field 2) may hold spaces: split after its ")".
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Processes:
@@ -157,8 +193,9 @@ def write_bodies(root: Path) -> Path:
     return www
 
 
-def _nginx_conf(root: Path, name: str, server_block: str) -> Path:
-    """An nginx.conf for one instance: one worker, no daemon, all files under ``root``."""
+def _nginx_conf(root: Path, name: str, server_block: str, workers: int = 1) -> Path:
+    """An nginx.conf for one instance: ``workers`` workers (one unless a cell is
+    about workers), no daemon, all files under ``root``."""
     state = root / name
     state.mkdir()
     # As root the worker would switch to "nobody", which can't use our temp dirs.
@@ -172,7 +209,7 @@ def _nginx_conf(root: Path, name: str, server_block: str) -> Path:
 {user}
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {state}/nginx.pid;
 error_log {state}/error.log warn;
 events {{
@@ -193,13 +230,16 @@ http {{
 
 
 def _start_nginx(
-    processes: Processes, nginx: str, root: Path, name: str, server_block: str
+    processes: Processes, nginx: str, root: Path, name: str, server_block: str,
+    workers: int = 1,
 ) -> Server:
-    conf = _nginx_conf(root, name, server_block)
+    conf = _nginx_conf(root, name, server_block, workers)
     log = root / f"{name}.log"
-    port = int(server_block.split(f"listen {HOST}:", 1)[1].split(";", 1)[0])
+    # "listen 127.0.0.1:PORT;" or "listen 127.0.0.1:PORT ssl;"
+    listen = server_block.split(f"listen {HOST}:", 1)[1].split(";", 1)[0].split()
+    scheme = "https" if "ssl" in listen[1:] else "http"
     process = processes.start([nginx, "-p", str(conf.parent), "-c", str(conf)], log)
-    server = Server(name, port, process, log)
+    server = Server(name, int(listen[0]), process, log, scheme, workers)
     wait_until_listening(server)
     return server
 
@@ -217,36 +257,58 @@ def start_origin(processes: Processes, nginx: str, root: Path, www: Path) -> Ser
     return _start_nginx(processes, nginx, root, "origin", block)
 
 
-def start_nginx_proxy(processes: Processes, nginx: str, root: Path, origin: Server) -> Server:
-    """The reference: nginx proxy_pass to an upstream with 64 idle keep-alive connections."""
+def start_nginx_proxy(
+    processes: Processes, nginx: str, root: Path, origin: Server,
+    name: str = "nginx", workers: int = 1, tls: str = "",
+) -> Server:
+    """The reference: nginx proxy_pass to an upstream with 64 idle keep-alive connections.
+
+    ``tls`` holds ``ssl_*`` directives: the listener then speaks TLS
+    (see bench/tlsbench.py). Everything else is nginx's default, response
+    buffering (``proxy_buffering on``) included.
+    """
+    listen = f"{HOST}:{free_port()}" + (" ssl" if tls else "")
     block = f"""\
     upstream origin {{
         server {HOST}:{origin.port};
         keepalive 64;
     }}
     server {{
-        listen {HOST}:{free_port()};
+        listen {listen};
+{tls}
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
     }}"""
-    return _start_nginx(processes, nginx, root, "nginx", block)
+    return _start_nginx(processes, nginx, root, name, block, workers)
 
 
-def gateway_config(root: Path, port: int, origin: Server) -> Path:
-    """An INI equal to quick mode (``--listen``/``--upstream``) with the access log off."""
-    ini = root / "gateway.ini"
+def gateway_config(
+    root: Path, name: str, port: int, origin: Server, *, access_log: bool = False,
+    workers: int = 1, listener: str = "", route: str = "", sections: str = "",
+) -> Path:
+    """An INI equal to quick mode (``--listen``/``--upstream``) plus settings.
+
+    ``workers`` is always written (1 unless a cell is about workers: the
+    default is becoming one worker per core). ``listener`` and ``route`` are
+    extra key lines for ``[listener:quick]`` and ``[route:quick]``; ``sections``
+    is appended whole (TLS sites). Each gateway spools into a directory of its
+    own under ``root``: every gateway sweeps its spool directory at start.
+    """
+    ini = root / f"{name}.ini"
     ini.write_text(
         f"""\
-# Quick mode's configuration, written out so that the access log can be off.
+# {name}: quick mode's configuration written out, for one benchmark run.
 [gateway]
-access_log = false
+access_log = {"true" if access_log else "false"}
+workers = {workers}
+spool_dir = {root / ("spool-" + name)}
 
 [listener:quick]
 bind = tcp:{port}:interface={HOST}
-
+{listener}
 [backend:quick]
 
 [server:quick1]
@@ -255,31 +317,43 @@ address = http://{HOST}:{origin.port}
 
 [route:quick]
 backend = quick
-"""
+{route}
+{sections}"""
     )
     return ini
 
 
 def start_gateway(
-    processes: Processes, twistd: str, root: Path, origin: Server, access_log: bool
+    processes: Processes, twistd: str, root: Path, origin: Server, access_log: bool,
+    *, name: str = "", workers: int = 1, listener: str = "", route: str = "",
+    sections: str = "",
 ) -> Server:
-    """The gateway in front of ``origin``.
+    """The gateway in front of ``origin``, from an INI file (:func:`gateway_config`).
 
-    With ``access_log`` it runs in quick mode exactly as documented (whose
-    access log is on) and logs to a file; without, it runs the same
-    configuration from an INI file with ``access_log = false``.
+    With ``access_log`` its access log is on (the default, as in quick mode)
+    and goes to the log file (``twistd --logfile``). A listener with
+    ``tls = true`` in ``listener`` is reached over https.
     """
     port = free_port()
-    name = "gateway+log" if access_log else "gateway"
+    name = name or ("gateway+log" if access_log else "gateway")
     log = root / f"{name}.log"
-    argv = [twistd, "-n", "--pidfile=", "--logfile", str(log), "gateway"]
-    if access_log:
-        argv += ["--listen", f"tcp:{port}:interface={HOST}", "--upstream", origin.url("")]
-    else:
-        argv += ["--config", str(gateway_config(root, port, origin))]
-    server = Server(name, port, processes.start(argv, root / f"{name}.out"), log)
+    ini = gateway_config(root, name, port, origin, access_log=access_log, workers=workers,
+                         listener=listener, route=route, sections=sections)
+    argv = [twistd, "-n", "--pidfile=", "--logfile", str(log), "gateway", "--config", str(ini)]
+    scheme = "https" if "tls = true" in listener else "http"
+    server = Server(name, port, processes.start(argv, root / f"{name}.out"), log, scheme, workers)
     wait_until_listening(server)
     return server
+
+
+def wait_for_workers(server: Server, timeout_s: float = START_TIMEOUT_S) -> bool:
+    """Whether ``server`` has ``server.workers`` child processes within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(_children(server.process.pid)) >= server.workers:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def start_twisted_proxy(processes: Processes, root: Path, origin: Server) -> Server:

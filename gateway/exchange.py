@@ -73,7 +73,9 @@ class Observer(TypingProtocol):
     the client; it returns the headers to send (it may add some), or None to
     take the response over: the exchange then sends nothing to the client,
     passes the body to ``response_data`` and, at ``response_end``, leaves the
-    client side to the observer. ``failed`` may answer an upstream failure
+    client side to the observer. ``failed`` hears of every failure, also one
+    that cuts a response already under way (so the observer can drop what it
+    kept of it); while nothing went to the client it may answer the failure
     itself (stale-if-error) by returning True.
     """
 
@@ -487,7 +489,7 @@ class Exchange:
         self.phase = Phase.DONE
         self._close_spool()
         observer = self.observer
-        if observer is not None and not self.responding and observer.failed(error):
+        if observer is not None and observer.failed(error) and not self.responding:
             conn, self._upstream = self._upstream, None
             if conn is not None:
                 conn.abandon()
@@ -600,7 +602,12 @@ class Exchange:
         request = self.request
         runtime = self.runtime
         client = self.client
-        host_override = self.backend.config.host_header
+        configured = self.backend.config.host_header
+        host_override = configured.encode("idna") if configured else None
+        if host_override is None and not self.host:
+            # An HTTP/1.0 request may come without Host; HTTP/1.1 upstream
+            # needs one (RFC 9112 §3.2): name the server, as nginx's $proxy_host.
+            host_override = self.upstream_address.encode("ascii")
         headers = request_headers(
             request.headers,
             connection=request.connection,
@@ -611,7 +618,7 @@ class Exchange:
             via=runtime.via,
             version=request.version[5:],
             trusted=client.peer_trusted,
-            host_override=host_override.encode("idna") if host_override else None,
+            host_override=host_override,
             listener=client.listener_name,
             strip=client.subject_header[0],
         )

@@ -358,3 +358,21 @@ class CrashTests(SynchronousTestCase):
         client.send(GET)
         h.upstream().send(OK)
         self.assertEqual(status_of(client.received()), 200)
+
+
+class HostTests(SynchronousTestCase):
+    """The upstream request always carries a Host (RFC 9112 §3.2)."""
+
+    def test_http10_without_host_gets_server_address(self) -> None:
+        """An HTTP/1.0 request without Host goes upstream with the server's address."""
+        h = Harness(simple_config(servers=1))
+        client = h.client()
+        client.send(b"GET / HTTP/1.0\r\n\r\n")
+        self.assertIn(b"\r\nHost: 127.0.0.1:9001\r\n", h.upstream().received())
+
+    def test_client_host_preserved(self) -> None:
+        """By default the client's Host reaches the upstream unchanged."""
+        h = Harness(simple_config(servers=1))
+        client = h.client()
+        client.send(GET)
+        self.assertIn(b"\r\nHost: example.com\r\n", h.upstream().received())
