@@ -5,6 +5,12 @@ fail the start). A listener is one of three kinds: proxying over plain TCP,
 proxying behind TLS (``tls = true``: :mod:`gateway.tls`, its certificates kept
 by :class:`gateway.tlsreload.Certificates` and reloaded on SIGHUP), or
 redirecting to HTTPS (``redirect_https = true``: :mod:`gateway.redirect`).
+
+In a worker of a multi-process gateway (:mod:`gateway.supervisor`) the same
+service is built with the ``sockets`` the supervisor bound: each listener's
+endpoint then adopts its inherited socket (:class:`gateway.adoption.InheritedPort`)
+instead of binding, TLS wrapping included, demo origins are left to the
+supervisor, and SIGHUP is always caught (the supervisor forwards it).
 Stop closes the listening ports, lets in-flight exchanges finish
 for up to ``shutdown_grace`` seconds, closes what remains, then drops idle
 upstream connections.
@@ -14,8 +20,8 @@ from __future__ import annotations
 
 import os
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -23,6 +29,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from gateway.adoption import InheritedPort
 from gateway.demo import demo_site
 from gateway.frontend import GatewayFactory
 from gateway.redirect import RedirectFactory
@@ -33,6 +40,7 @@ from gateway.tlsreload import Certificates, install_sighup
 if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.upstream import Reactor
+    from gateway.workers import InheritedSocket
 
 log = Logger()
 
@@ -57,24 +65,44 @@ def prepare_spool_dir(directory: str) -> None:
         log.info("swept {n} stale spool files from {dir}", n=swept, dir=directory)
 
 
-class GatewayService(MultiService):
-    """Owns the live :class:`Runtime` and every listening port."""
+def listen_service(reactor: Any, bind: str, factory: object) -> StreamServerEndpointService:
+    """A service that listens on the endpoint string ``bind`` with ``factory`` when started.
 
-    def __init__(self, reactor: Reactor, config: Config) -> None:
+    ``reactor`` is what the endpoint calls to listen: the reactor, or an
+    :class:`~gateway.adoption.InheritedPort` in a worker.
+    """
+    endpoint = serverFromString(reactor, bind)
+    child = StreamServerEndpointService(endpoint, factory)
+    # Fail the start when a port can't be bound, like strports does.
+    child._raiseSynchronously = True
+    return child
+
+
+class GatewayService(MultiService):
+    """Owns the live :class:`Runtime` and every listening port.
+
+    ``sockets`` (listener name -> inherited socket) makes this a worker's
+    service: listeners adopt those sockets, and demo origins are not run.
+    """
+
+    def __init__(self, reactor: Reactor, config: Config,
+                 sockets: Mapping[str, InheritedSocket] | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self._runtime = Runtime(reactor, config)
+        self._sockets = sockets
         self.factories: list[GatewayFactory] = []
         self.redirects: list[RedirectFactory] = []
         self.certificates = Certificates(reactor, config)
         self._restore_sighup: Callable[[], None] | None = None
-        for demo in config.demos:
-            self._listen(demo.bind, demo_site(demo.name))
+        if sockets is None:
+            for demo in config.demos:
+                self._listen(demo.bind, demo_site(demo.name))
         for listener in config.listeners:
             if listener.redirect_https:
                 redirect = RedirectFactory(reactor, self.runtime, listener.name)
                 self.redirects.append(redirect)
-                self._listen(listener.bind, redirect)
+                self._listen(listener.bind, redirect, listener.name)
                 continue
             secure = listener.tls or listener.bind.startswith("ssl:")
             proto = b"https" if secure else b"http"
@@ -83,16 +111,18 @@ class GatewayService(MultiService):
             if listener.tls:
                 # Contexts are built here from the checked files; a file that
                 # changed since the check refuses the start (ConfigError).
-                self._listen(listener.bind, self.certificates.wrap(listener, factory))
+                wrapped = self.certificates.wrap(listener, factory)
+                self._listen(listener.bind, wrapped, listener.name)
             else:
-                self._listen(listener.bind, factory)
+                self._listen(listener.bind, factory, listener.name)
 
-    def _listen(self, bind: str, factory: object) -> None:
-        endpoint = serverFromString(self.reactor, bind)
-        child = StreamServerEndpointService(endpoint, factory)
-        # Fail the start when a port can't be bound, like strports does.
-        child._raiseSynchronously = True
-        child.setServiceParent(self)
+    def _listen(self, bind: str, factory: object, name: str = "") -> None:
+        reactor: Any = self.reactor
+        if self._sockets is not None:
+            if name not in self._sockets:
+                raise ValueError(f"listener {name}: no socket inherited from the supervisor")
+            reactor = InheritedPort(self.reactor, self._sockets[name])  # type: ignore[arg-type]
+        listen_service(reactor, bind, factory).setServiceParent(self)
 
     @property
     def config(self) -> Config:
@@ -109,7 +139,9 @@ class GatewayService(MultiService):
         super().startService()
         self._runtime.start()
         self.certificates.start()
-        if self.certificates.in_use:
+        # A worker always catches SIGHUP: the supervisor forwards every one,
+        # and the default action would kill it.
+        if self.certificates.in_use or self._sockets is not None:
             self._restore_sighup = install_sighup(self.reactor, self.reload_certificates)
 
     def reload_certificates(self) -> None:

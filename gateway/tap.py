@@ -5,12 +5,24 @@ This is the only module that imports the global reactor.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from gateway import config as configuration
+from gateway import workers
+
+
+def worker_option(text: str) -> int:
+    """``--workers``: an integer 0..64 (0: one per CPU core)."""
+    value = int(text)
+    if not 0 <= value <= workers.MAX_WORKERS:
+        raise ValueError(f"expected 0..{workers.MAX_WORKERS}, got {value}")
+    return value
 
 
 class Options(usage.Options):
@@ -20,6 +32,9 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "INI configuration file (default: the packaged demo config)."],
         ["listen", "l", None, "Quick mode: a Twisted server endpoint, e.g. tcp:8080."],
+        ["workers", None, None,
+         "Worker processes sharing the listening sockets; 0: one per CPU core "
+         "(default: [gateway] workers).", worker_option],
     ]
 
     def __init__(self) -> None:
@@ -57,11 +72,20 @@ def makeService(options: Options) -> IService:
 
     A bad configuration refuses to start: each problem goes to stderr as
     ``FILE:LINE [section] key: ...`` and the process exits with status 1.
+
+    One worker (``--workers``, else ``[gateway] workers``; 0 is one per core)
+    gives today's single process, :class:`~gateway.service.GatewayService`.
+    More give a :class:`~gateway.supervisor.Supervisor`, unless a listener's
+    endpoint kind can't be shared (``unix:``, ``systemd:``): then one process
+    runs, with a warning.  A process the supervisor started as a worker
+    (:data:`gateway.workers.WORKER_ENV` set) builds the worker's service.
     """
     from twisted.internet import reactor
 
     from gateway.service import GatewayService
 
+    if os.environ.get(workers.WORKER_ENV):
+        return _worker_service(reactor, os.environ)
     try:
         config = load(options)
     except configuration.ConfigError as exc:
@@ -70,4 +94,54 @@ def makeService(options: Options) -> IService:
         raise SystemExit(1) from None
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return GatewayService(reactor, config)
+    configured = options["workers"]
+    if configured is None:
+        configured = config.gateway.workers
+    count = workers.worker_count(configured, os.cpu_count())
+    blocked = workers.unshareable(config) if count > 1 else ()
+    if blocked:
+        names = ", ".join(f"{lst.name} ({lst.bind})" for lst in blocked)
+        print(
+            f"warning: {count} workers asked for, but listener {names} can't share its "
+            "socket across processes; running a single process",
+            file=sys.stderr,
+        )
+        count = 1
+    if count == 1:
+        return GatewayService(reactor, config)
+    from gateway.supervisor import Supervisor, worker_command
+
+    return Supervisor(
+        reactor,  # type: ignore[arg-type]
+        config,
+        count,
+        worker_command(sys.executable),
+        relay_logs=not logs_to_stdout(getattr(options, "parent", None) or {}),
+    )
+
+
+def logs_to_stdout(twistd: Mapping[str, Any]) -> bool:
+    """Whether twistd's options (the parent of ours) send its log to stdout.
+
+    As ``twistd`` decides: not with ``--logger`` or ``--syslog``; yes with
+    ``--logfile=-``, or in the foreground (``-n``) without ``--logfile``.
+    Workers then write their lines there themselves; otherwise the
+    supervisor relays them into its log.
+    """
+    if twistd.get("logger") or twistd.get("syslog"):
+        return False
+    logfile = twistd.get("logfile")
+    return logfile == "-" or (bool(twistd.get("nodaemon")) and not logfile)
+
+
+def _worker_service(reactor: Any, environ: Mapping[str, str]) -> IService:
+    """A worker's service: the supervisor's configuration on the inherited sockets."""
+    from gateway.adoption import SupervisorLink, read_config, worker_setup
+    from gateway.service import GatewayService
+
+    setup = worker_setup(environ)
+    assert setup is not None
+    config = read_config(workers.CONFIG_FD)
+    service = GatewayService(reactor, config, sockets=setup.sockets)
+    SupervisorLink(reactor, setup.number, workers.PARENT_FD, reactor.stop).setServiceParent(service)
+    return service

@@ -274,10 +274,20 @@ class Gateway:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        """The command line: ``twistd -n --pidfile= gateway ...``."""
+        """The command line: ``twistd -n --pidfile= gateway ...``.
+
+        One worker process unless the test chose (``--workers`` in ``args``, or
+        a ``workers`` key in ``ini``): counts of connections and balancing
+        orders are per process.  The packaged default runs as shipped.
+        """
         args = list(self.args)
         if self.ini is not None:
             args = ["--config", self.config_path] + args
+        chosen = "--workers" in self.args or re.search(
+            r"^\s*workers\s*=", self.ini or "", re.MULTILINE
+        )
+        if args and not chosen:
+            args += ["--workers", "1"]
         return [TWISTD, "-n", "--pidfile=", "gateway"] + args
 
     def spawn(self) -> subprocess.Popen[bytes]:

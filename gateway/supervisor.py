@@ -1,0 +1,542 @@
+"""The supervisor: the parent process of a multi-worker gateway.
+
+It binds every listener's sockets (:func:`bind_socket`, from
+:func:`gateway.workers.listen_spec`), runs the demo origins, and spawns N
+workers with ``reactor.spawnProcess``; each worker is ``twistd gateway`` again
+(:data:`WORKER_MAIN`) and adopts its sockets (:mod:`gateway.adoption`).  The
+supervisor itself never accepts a connection.
+
+On Linux each listener gets one socket per worker slot, all bound to the same
+address with ``SO_REUSEPORT``: the kernel spreads new connections evenly over
+them.  (One socket shared by every worker is what an idle worker woken first
+drains alone: 55 of 56 connections went to one worker in a test.)  A slot's
+sockets belong to the supervisor, so while its worker is dead and restarting,
+connections hashed to it wait in its accept queue instead of being refused.
+Elsewhere every worker shares one socket per listener.
+
+- A worker that exits is started again in the same slot (same number), after
+  the backoff of :class:`gateway.workers.Restarts`, each exit and restart logged.
+- SIGTERM/SIGINT (twistd stops the reactor, which stops this service): close
+  the supervisor's copies of the sockets, SIGTERM every worker (each drains
+  for up to its ``shutdown_grace``), SIGKILL what is left after
+  ``stop_timeout``, and finish once every worker has been reaped.
+- SIGHUP is forwarded to every worker (each reloads its certificates).
+- Worker logs: straight to the inherited stdout/stderr when the supervisor
+  logs to stdout (one stream, no relay cost); otherwise through pipes, as JSON
+  events the supervisor publishes into its own log (:class:`LogRelay`).
+
+Invariants: nothing is bound in ``__init__``; the reactor is injected; an
+unexpected failure is logged and never raised into the reactor.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import pickle
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import IO, TYPE_CHECKING, Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import CannotListenError, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import LogLevel, Logger, eventFromJSON, globalLogPublisher
+from twisted.python.failure import Failure
+
+from gateway.demo import demo_site
+from gateway.service import SHUTDOWN_GRACE, listen_service
+from gateway.tlsreload import install_sighup
+from gateway.workers import (
+    CONFIG_FD,
+    FIRST_SOCKET_FD,
+    LOG_ENV,
+    PARENT_FD,
+    SOCKETS_ENV,
+    WORKER_ENV,
+    InheritedSocket,
+    ListenSpec,
+    Restart,
+    RestartPolicy,
+    Restarts,
+    encode_sockets,
+    listen_spec,
+)
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import (
+        IDelayedCall,
+        IProcessTransport,
+        IReactorProcess,
+        IReactorTCP,
+        IReactorTime,
+    )
+
+    from gateway.config import Config
+
+    class Reactor(IReactorProcess, IReactorTime, IReactorTCP):
+        """The reactor interfaces the supervisor needs."""
+
+
+log = Logger()
+
+#: What a worker runs: twistd.  ``python -c`` puts the working directory
+#: first on ``sys.path`` (``''``); it is taken off so that a source tree there
+#: can't shadow the installed package (``-P`` would do it, but not on PyPy 3.9).
+WORKER_MAIN = (
+    "import sys\n"
+    "if sys.path and sys.path[0] == '':\n"
+    "    del sys.path[0]\n"
+    "from twisted.scripts.twistd import run\n"
+    "run()\n"
+)
+#: twistd's arguments for a worker: foreground, no pid file, labelled log.
+WORKER_ARGS = ("-n", "--pidfile=", "--logger=gateway.adoption.worker_log_observer", "gateway")
+
+#: How long a stopping worker gets before SIGKILL: its own drain, plus margin.
+STOP_TIMEOUT = SHUTDOWN_GRACE + 5.0
+
+#: A relayed worker line longer than this is passed on in pieces.
+MAX_RELAY_LINE = 64 * 1024
+
+
+def worker_command(executable: str) -> list[str]:
+    """The argv of a worker process run by the interpreter ``executable``."""
+    return [executable, "-c", WORKER_MAIN, *WORKER_ARGS]
+
+
+def reuseport_balances(platform: str = sys.platform) -> bool:
+    """Whether ``SO_REUSEPORT`` spreads connections over the sockets bound to one port.
+
+    Linux (3.9+) hashes each new connection to one of them; the BSDs and
+    macOS give every connection to the last one bound, which balances nothing.
+    """
+    return platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking socket bound and listening as ``spec`` says.
+
+    ``SO_REUSEADDR`` is set as Twisted sets it; ``reuse_port`` adds
+    ``SO_REUSEPORT``, so that more sockets can bind the same address.
+
+    :raises CannotListenError: like ``listenTCP``, so that a taken port fails
+        the start with the same message.
+    """
+    sock = socket.socket(spec.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if spec.family == socket.AF_INET6:
+            # As Twisted does: getaddrinfo keeps a scope id (fe80::1%eth0).
+            address = socket.getaddrinfo(
+                spec.host, spec.port, spec.family, socket.SOCK_STREAM, 0,
+                socket.AI_NUMERICHOST | socket.AI_PASSIVE,
+            )[0][4]
+        else:
+            address = (spec.host, spec.port)
+        sock.bind(address)
+        sock.listen(spec.backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise CannotListenError(spec.host, spec.port, exc) from exc
+    return sock
+
+
+def describe_exit(reason: Failure) -> str:
+    """``exited with status 3`` / ``was killed by signal 9`` / ``exited normally``."""
+    value = reason.value
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            return f"was killed by signal {value.signal}"
+        return f"exited with status {value.exitCode}"
+    return "exited normally"
+
+
+class LogRelay:
+    """Publishes what a worker writes on a pipe into the supervisor's own log.
+
+    Lines starting with the JSON record separator are twisted.logger events
+    (the worker's :func:`gateway.adoption.worker_log_observer` in JSON mode)
+    and are published as they are, with their own time, level and system;
+    anything else (stderr, a stray print) becomes a warning labelled
+    ``worker=N``.  A line is held until its newline, at most
+    :data:`MAX_RELAY_LINE` bytes.
+    """
+
+    def __init__(self, number: int, publish: Callable[[dict[str, Any]], None]) -> None:
+        self.number = number
+        self._publish = publish
+        self._buffers: dict[int, bytes] = {}
+
+    def feed(self, fd: int, data: bytes) -> None:
+        """Bytes the worker wrote on its descriptor ``fd``."""
+        buffer = self._buffers.get(fd, b"") + data
+        *lines, rest = buffer.split(b"\n")
+        while len(rest) > MAX_RELAY_LINE:
+            lines.append(rest[:MAX_RELAY_LINE])
+            rest = rest[MAX_RELAY_LINE:]
+        self._buffers[fd] = rest
+        for line in lines:
+            self._line(fd, line)
+
+    def flush(self) -> None:
+        """Pass on what is left without a newline (the worker has gone)."""
+        for fd, rest in self._buffers.items():
+            if rest:
+                self._line(fd, rest)
+        self._buffers.clear()
+
+    def _line(self, fd: int, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace")
+        if text.startswith("\x1e"):
+            try:
+                self._publish(eventFromJSON(text[1:]))
+                return
+            except Exception:
+                pass  # not an event after all: pass the text on
+        if not text.strip():
+            return
+        stream = "stderr" if fd == 2 else "stdout"
+        self._publish({
+            "log_format": "{line}",
+            "line": text,
+            "log_level": LogLevel.warn,
+            "log_namespace": "gateway.worker",
+            "log_system": f"worker={self.number} {stream}",
+            "log_time": time.time(),
+        })
+
+
+class SupervisorState(enum.Enum):
+    """The states of :class:`Supervisor`.
+
+    - ``IDLE``: built; nothing bound.
+    - ``BOUND``: every listening socket is bound (``privilegedStartService``,
+      before twistd drops privileges); no worker yet.
+    - ``RUNNING``: workers run; one that exits is restarted after its backoff.
+    - ``STOPPING``: every worker has been sent SIGTERM; waiting for each to be
+      reaped (SIGKILL at the deadline); no restarts.
+    - ``STOPPED``: every worker reaped, sockets and descriptors closed.
+    """
+
+    IDLE = "idle"
+    BOUND = "bound"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class _Slot:
+    """One worker number and what runs in it now."""
+
+    def __init__(self, number: int, policy: RestartPolicy) -> None:
+        self.number = number
+        self.restarts = Restarts(policy)
+        self.process: IProcessTransport | None = None
+        self.pid = 0
+        self.started = 0.0
+        self.pending: IDelayedCall | None = None
+
+
+class _WorkerProtocol(ProcessProtocol):
+    """One worker process as seen from the supervisor."""
+
+    def __init__(self, supervisor: Supervisor, slot: _Slot, relay: LogRelay | None) -> None:
+        self.supervisor = supervisor
+        self.slot = slot
+        self.relay = relay
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.feed(childFD, data)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self.relay is not None:
+            self.relay.flush()
+        self.supervisor.worker_ended(self.slot, reason)
+
+
+class Supervisor(MultiService):
+    """Binds the sockets, runs ``count`` workers on them, restarts them, stops them.
+
+    ``command`` is a worker's argv (:func:`worker_command`); ``relay_logs``
+    says whether the workers' output comes through pipes into this process's
+    log (else they share its stdout and stderr).  ``environ`` is the
+    environment workers start from (the worker variables are added).
+    """
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        config: Config,
+        count: int,
+        command: Sequence[str],
+        *,
+        relay_logs: bool = False,
+        reuse_port: bool | None = None,
+        policy: RestartPolicy = RestartPolicy(),
+        stop_timeout: float = STOP_TIMEOUT,
+        environ: Mapping[str, str] | None = None,
+        bind: Callable[[ListenSpec, bool], socket.socket] = bind_socket,
+        publish: Callable[[dict[str, Any]], None] = globalLogPublisher,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        self.count = count
+        self.command = list(command)
+        self.relay_logs = relay_logs
+        self.reuse_port = reuseport_balances() if reuse_port is None else reuse_port
+        self.stop_timeout = stop_timeout
+        self._environ = dict(os.environ if environ is None else environ)
+        self._bind = bind
+        self._publish = publish
+        self._state = SupervisorState.IDLE
+        self.slots = [_Slot(number, policy) for number in range(1, count + 1)]
+        #: listener name -> its sockets: one per slot with ``reuse_port``, else one.
+        self.sockets: dict[str, list[socket.socket]] = {}
+        self._config_file: IO[bytes] | None = None
+        self._devnull = -1
+        self._alive: tuple[int, int] | None = None
+        self._stopped: Deferred[None] | None = None
+        self._kill_call: IDelayedCall | None = None
+        self._restore_sighup: Callable[[], None] | None = None
+        for demo in config.demos:
+            # Demo origins run here, once, not in every worker: each keeps
+            # its fixed port and stays up while workers come and go.
+            listen_service(reactor, demo.bind, demo_site(demo.name)).setServiceParent(self)
+
+    @property
+    def state(self) -> SupervisorState:
+        """Where the supervisor is in its life (see :class:`SupervisorState`)."""
+        return self._state
+
+    # -- start ------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Bind every listener's socket (still privileged: ports below 1024 work)."""
+        try:
+            for listener in self.config.listeners:
+                spec = listen_spec(listener.bind)
+                if spec is None:
+                    raise ValueError(
+                        f"listener {listener.name}: {listener.bind!r} can't be shared by workers"
+                    )
+                first = self._bind(spec, self.reuse_port)
+                socks = self.sockets[listener.name] = [first]
+                host, port = first.getsockname()[:2]
+                # Port 0: the others join the port the kernel gave the first.
+                same = replace(spec, port=port)
+                while self.reuse_port and len(socks) < self.count:
+                    socks.append(self._bind(same, True))
+                log.info(
+                    "listener {name} bound on {host}:{port} (backlog {backlog}) for {count} "
+                    "workers, {how}",
+                    name=listener.name, host=host, port=port, backlog=spec.backlog,
+                    count=self.count,
+                    how="a socket each (SO_REUSEPORT)" if self.reuse_port else "one shared socket",
+                )
+        except BaseException:
+            self._close_sockets()
+            raise
+        self._config_file = tempfile.TemporaryFile()
+        self._config_file.write(pickle.dumps(self.config))
+        self._config_file.flush()
+        self._devnull = os.open(os.devnull, os.O_RDONLY)
+        self._alive = os.pipe()
+        self._state = SupervisorState.BOUND
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Start the demo origins, every worker, and SIGHUP forwarding."""
+        if self._state is SupervisorState.IDLE:
+            self.privilegedStartService()
+        super().startService()
+        self._state = SupervisorState.RUNNING
+        self._restore_sighup = install_sighup(self.reactor, self.forward_sighup)
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def _slot_sockets(self, slot: _Slot) -> list[socket.socket]:
+        """The socket of each listener that ``slot``'s worker accepts on."""
+        return [socks[(slot.number - 1) % len(socks)] for socks in self.sockets.values()]
+
+    def _child_fds(self, slot: _Slot) -> dict[int, int | str]:
+        assert self._config_file is not None and self._alive is not None
+        fds: dict[int, int | str] = {
+            0: self._devnull,
+            1: "r" if self.relay_logs else 1,
+            2: "r" if self.relay_logs else 2,
+            CONFIG_FD: self._config_file.fileno(),
+            PARENT_FD: self._alive[0],
+        }
+        for number, sock in enumerate(self._slot_sockets(slot)):
+            fds[FIRST_SOCKET_FD + number] = sock.fileno()
+        return fds
+
+    def _worker_environ(self, slot: _Slot) -> dict[str, str]:
+        inherited = {
+            name: InheritedSocket(FIRST_SOCKET_FD + number, sock.family)
+            for number, (name, sock) in enumerate(zip(self.sockets, self._slot_sockets(slot)))
+        }
+        return {
+            **self._environ,
+            WORKER_ENV: str(slot.number),
+            SOCKETS_ENV: encode_sockets(inherited),
+            LOG_ENV: "json" if self.relay_logs else "text",
+        }
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.pending = None
+        if self._state is not SupervisorState.RUNNING:
+            return
+        relay = LogRelay(slot.number, self._publish) if self.relay_logs else None
+        protocol = _WorkerProtocol(self, slot, relay)
+        slot.started = self.reactor.seconds()
+        try:
+            slot.process = self.reactor.spawnProcess(
+                protocol,
+                self.command[0],
+                self.command,
+                env=self._worker_environ(slot),
+                childFDs=self._child_fds(slot),
+            )
+        except OSError as exc:
+            log.error("worker {number}: can't start: {error}", number=slot.number, error=exc)
+            self._schedule_restart(slot, slot.restarts.next(slot.started, 0.0))
+            return
+        slot.pid = slot.process.pid or 0
+        log.info("worker {number} spawned (pid {pid})", number=slot.number, pid=slot.pid)
+
+    # -- while running ----------------------------------------------------------
+
+    def worker_ended(self, slot: _Slot, reason: Failure) -> None:
+        """A worker was reaped: restart it while running, count it down while stopping."""
+        pid, slot.process = slot.pid, None
+        how = describe_exit(reason)
+        if self._state is not SupervisorState.RUNNING:
+            log.info("worker {number} (pid {pid}) stopped: {how}",
+                     number=slot.number, pid=pid, how=how)
+            self._maybe_stopped()
+            return
+        now = self.reactor.seconds()
+        uptime = now - slot.started
+        decision = slot.restarts.next(now, uptime)
+        log.warn(
+            "worker {number} (pid {pid}) {how} after {uptime:.1f}s; "
+            "restarting it in {delay:.1f}s (attempt {attempt})",
+            number=slot.number, pid=pid, how=how, uptime=uptime,
+            delay=decision.delay, attempt=decision.attempt,
+        )
+        self._schedule_restart(slot, decision)
+
+    def _schedule_restart(self, slot: _Slot, decision: Restart) -> None:
+        if decision.capped:
+            policy = slot.restarts.policy
+            log.error(
+                "worker {number} was restarted {cap} times within {window:.0f}s; "
+                "the next restart waits {delay:.1f}s",
+                number=slot.number, cap=policy.cap, window=policy.window, delay=decision.delay,
+            )
+        slot.pending = self.reactor.callLater(decision.delay, self._spawn, slot)
+
+    def forward_sighup(self) -> None:
+        """SIGHUP: pass it to every worker, which reloads its certificates."""
+        sent = self._signal_all("HUP")
+        log.info("SIGHUP: forwarded to {count} workers", count=sent)
+
+    def _signal_all(self, name: str) -> int:
+        sent = 0
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            try:
+                slot.process.signalProcess(name)
+            except ProcessExitedAlready:
+                continue
+            except OSError as exc:
+                log.warn("worker {number}: can't send SIG{name}: {error}",
+                         number=slot.number, name=name, error=exc)
+                continue
+            sent += 1
+        return sent
+
+    # -- stop -------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting, SIGTERM every worker, SIGKILL after ``stop_timeout``, wait for all."""
+        demos = super().stopService()
+        self._state = SupervisorState.STOPPING
+        if self._restore_sighup is not None:
+            self._restore_sighup()
+            self._restore_sighup = None
+        for slot in self.slots:
+            if slot.pending is not None and slot.pending.active():
+                slot.pending.cancel()
+            slot.pending = None
+        # The workers hold their own copies; the sockets go when the last closes.
+        self._close_sockets()
+        self._stopped = Deferred()
+        count = self._signal_all("TERM")
+        if count:
+            log.info("stopping {count} workers", count=count)
+            self._kill_call = self.reactor.callLater(self.stop_timeout, self._kill_remaining)
+        stopped = self._stopped
+        self._maybe_stopped()
+        both = DeferredList([demos, stopped], consumeErrors=True)
+        return both.addCallback(lambda _: None)
+
+    def _kill_remaining(self) -> None:
+        self._kill_call = None
+        count = self._signal_all("KILL")
+        if count:
+            log.warn("{count} workers still running after {timeout:.0f}s: killed",
+                     count=count, timeout=self.stop_timeout)
+
+    def _maybe_stopped(self) -> None:
+        if self._stopped is None or any(slot.process is not None for slot in self.slots):
+            return
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._kill_call = None
+        self._close_descriptors()
+        self._state = SupervisorState.STOPPED
+        stopped, self._stopped = self._stopped, None
+        log.info("every worker has stopped")
+        stopped.callback(None)
+
+    def _close_sockets(self) -> None:
+        for socks in self.sockets.values():
+            for sock in socks:
+                sock.close()
+        self.sockets.clear()
+
+    def _close_descriptors(self) -> None:
+        if self._config_file is not None:
+            self._config_file.close()
+            self._config_file = None
+        for fd in ((self._devnull,) + (self._alive or ())):
+            if fd >= 0:
+                os.close(fd)
+        self._devnull = -1
+        self._alive = None
+
+
+__all__ = [
+    "LogRelay",
+    "STOP_TIMEOUT",
+    "Supervisor",
+    "SupervisorState",
+    "bind_socket",
+    "describe_exit",
+    "reuseport_balances",
+    "worker_command",
+]
