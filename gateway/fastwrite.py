@@ -9,7 +9,8 @@ downstream), so on the hot path that overhead rivals the HTTP work itself.
 transport, sends immediately with ``socket.send`` (or ``sendmsg`` for a
 sequence: one vectored syscall, no join), and hands whatever the kernel did not
 take to ``transport.write``. Ordering holds because the fast path is only taken
-with an empty queue. Transports that are not plain TCP (TLS, tests'
+with an empty queue. Transports that are not plain TCP (TLS, whether as a
+wrapping protocol or Twisted's native ``startTLS``, and tests'
 ``StringTransport``) get their own ``write`` unchanged.
 
 This reads ``FileDescriptor`` internals (``dataBuffer``, ``offset``,
@@ -40,7 +41,9 @@ def _idle(transport: Connection) -> bool:
 
 def writer_for(transport: object) -> tuple[Write, WriteSequence]:
     """``(write, write_sequence)`` for ``transport``, sending at once when possible."""
-    if not isinstance(transport, Connection):
+    if not isinstance(transport, Connection) or transport.TLS:
+        # Twisted's own TLS (``ssl:`` endpoints, startTLS) keeps the TCP class
+        # and encrypts inside ``write``: the socket must not be written raw.
         return transport.write, transport.writeSequence  # type: ignore[attr-defined]
     # Immediate sends of a head and then a body would meet Nagle's algorithm
     # and the peer's delayed ACK (40 ms stalls); nginx sets tcp_nodelay on

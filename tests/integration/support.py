@@ -50,7 +50,7 @@ POLL = 0.02
 
 pattern_sha256 = _origin.pattern_sha256
 
-_STARTING_ON = re.compile(r"\] (\S+) starting on ([0-9]+)$", re.MULTILINE)
+_STARTING_ON = re.compile(r"\] (\S+)(?: \(TLS\))? starting on ([0-9]+)$", re.MULTILINE)
 
 
 def wait_until(

@@ -40,6 +40,30 @@ class QuickModeTests(SynchronousTestCase):
         self.assertEqual(seen["target"], "/echo?quick=1")
         self.assertEqual(origin.stats()["requests"], 1)
 
+    def test_quick_mode_ssl_listen(self) -> None:
+        """``--listen ssl:...`` terminates TLS; curl (which offers ALPN) gets through."""
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", "127.0.0.1")
+        directory = new_tempdir(self)
+        key_path = os.path.join(directory, "key.pem")
+        cert_path = os.path.join(directory, "cert.pem")
+        ca_path = os.path.join(directory, "ca.pem")
+        cert.private_key_pem.write_to_path(key_path)
+        cert.cert_chain_pems[0].write_to_path(cert_path)
+        ca.cert_pem.write_to_path(ca_path)
+        origin = Origin(self).start()
+        listen = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
+        gateway = Gateway(self, args=["--listen", listen, "--upstream", origin.url]).start()
+        result = subprocess.run(
+            ["curl", "-s", "--cacert", ca_path, "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+             f"https://localhost:{gateway.port}/echo"],
+            capture_output=True, timeout=CURL_TIMEOUT, check=False,
+        )
+        self.assertEqual(result.stdout, b"200 1.1", result.stderr)
+        self.assertEqual(origin.stats()["requests"], 1)
+
 
 class KeepAliveTests(SynchronousTestCase):
     """Upstream connections are pooled and reused, proven by the origin's accept count."""
