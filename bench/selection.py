@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.balancer import Hash, LeastConn, Random2, RoundRobin, ServerState  # noqa: E402
+from gateway.balancer import LeastConn, Random2, RoundRobin, ServerState  # noqa: E402
+from gateway.hashing import Hash  # noqa: E402
 from gateway.config import ServerConfig  # noqa: E402
 
 SIZES = (10, 100, 1000)

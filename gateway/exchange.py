@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol as TypingProtocol
 from twisted.logger import Logger
 
 from gateway.chunked import LAST_CHUNK, encode_chunk
-from gateway.balancer import hash_key_of
+from gateway.hashing import hash_key_of
 from gateway.errors import (
     BadGateway,
     ConnectFailed,

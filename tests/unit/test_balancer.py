@@ -9,16 +9,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gateway.balancer import (
-    Hash,
     ISelector,
     LeastConn,
     Lease,
     Random2,
     RoundRobin,
     ServerState,
-    hash_key_of,
     make_selector,
 )
+from gateway.hashing import Hash, hash_key_of
 from gateway.config import BackendConfig, ServerConfig
 
 #: A small prime table keeps Maglev tests fast; still ~500 slots per server for 10.
