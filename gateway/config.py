@@ -57,6 +57,12 @@ class GatewaySettings:
     spool_max: int = 1024 * 1024 * 1024
     tls_reload_interval: float = 0.0
     tls_ticket_rotate: float = 3600.0
+    cache_dir: str = ""
+    cache_max_size: int = 1024 * 1024 * 1024
+    cache_max_object: int = 64 * 1024 * 1024
+    cache_fsync: bool = False
+    cache_purge_from: tuple[str, ...] = ()
+    cache_status_name: str = "gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +103,8 @@ class RouteConfig:
     order in which routes are tried.  The path condition is ``path_regex`` if
     set, else ``path_exact`` if set, else ``path_prefix``; the loader lets a
     file set only one of the three.  ``header`` is ``name`` or ``name: value``,
-    the name in lower case.
+    the name in lower case.  The ``cache*`` keys turn the HTTP cache on for
+    the route and tune it (:mod:`gateway.cache`; docs/cache.md).
     """
 
     name: str
@@ -111,6 +118,15 @@ class RouteConfig:
     header: str = ""
     buffering: bool = True
     request_buffering: bool = False
+    cache: bool = False
+    cache_key_sort_query: bool = False
+    cache_key_drop_params: tuple[str, ...] = ()
+    cache_store_set_cookie: bool = False
+    cache_status: bool = True
+    cache_stale_if_error: float = 0.0
+    cache_collapse_timeout: float = 5.0
+    cache_target_field: str = ""
+    cache_heuristic_max: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,9 +525,13 @@ def _check_references(
 def _check_rules(
     found: Mapping[str, Mapping[str, dict[str, Any]]], lines: _Lines, problems: _Problems
 ) -> None:
-    """Rules between keys (:func:`gateway.configkeys.cross_key_problems`)."""
+    """Rules between keys (:func:`gateway.configkeys.cross_key_problems` and
+    :func:`gateway.configkeys.cache_problems`)."""
     builtin = {key: spec.default for key, spec in _BACKEND.items()}
-    for section, key, message in configkeys.cross_key_problems(found, builtin):
+    settings = {key: spec.default for key, spec in SECTION_KEYS["gateway"].items()}
+    found_problems = configkeys.cross_key_problems(found, builtin)
+    found_problems += configkeys.cache_problems(found, settings)
+    for section, key, message in found_problems:
         problems.add(lines.of(section, key), section, key, message)
 
 
@@ -634,13 +654,15 @@ def load(path: str) -> Config:
     return loads(text, path)
 
 
-def quick(listen: str, upstreams: Sequence[str]) -> Config:
-    """The configuration for ``--listen``/``--upstream`` on the command line.
+def quick(listen: str, upstreams: Sequence[str], cache_dir: str | None = None) -> Config:
+    """The configuration for ``--listen``/``--upstream`` (and ``--cache``) on the command line.
 
     It equals what :func:`loads` makes of one ``[listener:quick]`` binding
     ``listen``, one ``[route:quick]`` to ``[backend:quick]`` (round robin) and
     servers ``quick1``, ``quick2``, ... for ``upstreams`` (apart from ``source``),
-    and its values are checked by the same parsers.
+    and its values are checked by the same parsers.  With ``cache_dir``, the
+    route caches (``cache = true``) in that directory (``[gateway] cache_dir``,
+    made absolute against the working directory).
     """
     source = "<command line>"
     problems: list[str] = []
@@ -648,6 +670,17 @@ def quick(listen: str, upstreams: Sequence[str]) -> Config:
         bind = SECTION_KEYS["listener"]["bind"].parser.parse(listen)
     except ValueError as exc:
         problems.append(f"{source}: --listen: {exc}")
+    settings = GatewaySettings()
+    if cache_dir is not None:
+        try:
+            directory = SECTION_KEYS["gateway"]["cache_dir"].parser.parse(cache_dir)
+        except ValueError as exc:
+            problems.append(f"{source}: --cache: {exc}")
+        else:
+            if directory:
+                settings = replace(settings, cache_dir=os.path.abspath(directory))
+            else:
+                problems.append(f"{source}: --cache: missing; allowed: a directory path")
     servers: list[ServerConfig] = []
     for number, url in enumerate(upstreams, start=1):
         try:
@@ -662,8 +695,9 @@ def quick(listen: str, upstreams: Sequence[str]) -> Config:
         raise ConfigError(problems)
     return Config(
         source=source,
+        gateway=settings,
         listeners=(ListenerConfig(name="quick", bind=bind),),
-        routes=(RouteConfig(name="quick", backend="quick"),),
+        routes=(RouteConfig(name="quick", backend="quick", cache=bool(settings.cache_dir)),),
         backends=(BackendConfig(name="quick", servers=tuple(servers)),),
     )
 

@@ -35,6 +35,7 @@ from gateway.configvalues import (
     Name,
     NameList,
     NetworkList,
+    ParamList,
     PathPrefix,
     Ratio,
     RouteHost,
@@ -44,6 +45,7 @@ from gateway.configvalues import (
     ValueParser,
     is_hostname,
     show_duration,
+    show_size,
     split_list,
     value_error,
 )
@@ -328,6 +330,7 @@ def table(
 
 _DAY = 86400.0
 _HOUR = 3600.0
+_YEAR = 365 * _DAY
 _TIMEOUT = Duration(0.001, _DAY)
 _GIB = 1024**3
 
@@ -347,6 +350,12 @@ GATEWAY: Mapping[str, ValueParser] = {
     "spool_max": Size(64 * 1024, 1024 * _GIB),
     "tls_reload_interval": Duration(1.0, _DAY, zero="off"),
     "tls_ticket_rotate": Duration(60.0, _DAY),
+    "cache_dir": FilePath(),
+    "cache_max_size": Size(1024**2, 1024 * _GIB),
+    "cache_max_object": Size(1024, 1024 * _GIB),
+    "cache_fsync": Boolean(),
+    "cache_purge_from": NetworkList(),
+    "cache_status_name": Token(),
 }
 LISTENER: Mapping[str, ValueParser] = {
     "bind": Endpoint(),
@@ -388,6 +397,15 @@ ROUTE: Mapping[str, ValueParser] = {
     "listeners": NameList(),
     "buffering": Boolean(),
     "request_buffering": Boolean(),
+    "cache": Boolean(),
+    "cache_key_sort_query": Boolean(),
+    "cache_key_drop_params": ParamList(),
+    "cache_store_set_cookie": Boolean(),
+    "cache_status": Boolean(),
+    "cache_stale_if_error": Duration(1.0, _YEAR, zero="off"),
+    "cache_collapse_timeout": Duration(0.001, _HOUR, zero="no collapsing"),
+    "cache_target_field": HeaderName(),
+    "cache_heuristic_max": Duration(1.0, _YEAR, zero="no heuristic freshness"),
 }
 #: The keys of a route that say which paths it matches; at most one may be set.
 PATH_KEYS = ("path_prefix", "path_exact", "path_regex")
@@ -455,6 +473,7 @@ SITE: Mapping[str, ValueParser] = {
 }
 #: Keys whose value is a file path, per section kind (made absolute on load).
 FILE_KEYS: Mapping[str, tuple[str, ...]] = {
+    "gateway": ("cache_dir",),
     "listener": ("tls_client_ca",),
     "backend": ("tls_ca", "tls_client_cert", "tls_client_key"),
     "site": ("cert", "key", "chain", "ocsp", "alt_cert", "alt_key", "alt_chain", "alt_ocsp"),
@@ -540,3 +559,29 @@ def backend_conflicts(values: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         )
         found.append(("eject_time_max", "eject_time", message))
     return found
+
+
+def cache_problems(found: Found, builtin: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``(section, key, message)`` for each cache rule ``found`` breaks.
+
+    ``builtin`` holds every ``[gateway]`` key's built-in default.
+
+    - ``cache = true`` on a route needs a ``[gateway] cache_dir`` to store in.
+    - ``cache_max_object <= cache_max_size``: one object can't exceed the store.
+    """
+    problems: list[tuple[str, str, str]] = []
+    settings = {**builtin, **found["gateway"].get("", {})}
+    for name, values in found["route"].items():
+        if values.get("cache") and not settings["cache_dir"]:
+            message = "is true but [gateway] cache_dir is empty; allowed: set cache_dir, or cache = false"
+            problems.append((f"route:{name}", "cache", message))
+    largest, total = settings["cache_max_object"], settings["cache_max_size"]
+    if largest > total:
+        own = found["gateway"].get("", {})
+        where = "cache_max_object" if "cache_max_object" in own or "cache_max_size" not in own else "cache_max_size"
+        message = (
+            f"cache_max_object {show_size(largest)} is larger than cache_max_size "
+            f"{show_size(total)}; allowed: cache_max_object <= cache_max_size"
+        )
+        problems.append(("gateway", where, message))
+    return problems

@@ -469,6 +469,39 @@ class NameList:
         return ", ".join(value) or "(empty)"
 
 
+# RFC 3986 §3.4 query characters, less the separators "&" and "=" of
+# name=value pairs (and "#", which ends a query).
+_PARAM_NAME = re.compile(r"[!$'()*+,;:@%/?A-Za-z0-9._~-]+\Z")
+
+
+@dataclass(frozen=True)
+class ParamList:
+    """Query parameter names, each at most once, kept as written; empty is allowed.
+
+    Names are compared with the raw (still percent-encoded) names in request
+    targets, case-sensitively.  Commas and white space separate names, so a
+    name can't contain them.
+    """
+
+    type_name: str = "params"
+
+    def parse(self, raw: str) -> tuple[str, ...]:
+        """The names in the order written."""
+        names = split_list(raw)
+        for name in names:
+            if not _PARAM_NAME.match(name):
+                raise value_error(
+                    "query parameter names", name, "as written in URLs, without & = #, comma separated"
+                )
+        if len(set(names)) != len(names):
+            raise value_error("each name once", raw)
+        return tuple(names)
+
+    def show(self, value: Sequence[str]) -> str:
+        """Comma separated; empty shows as ``(empty)``."""
+        return ", ".join(value) or "(empty)"
+
+
 @dataclass(frozen=True)
 class NetworkList:
     """IP addresses or CIDR networks; stored normalised (``10.0.0.0/8``)."""

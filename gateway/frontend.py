@@ -20,14 +20,24 @@ from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway import accesslog
 from gateway.chunked import ChunkedDecoder
-from gateway.errors import GatewayError, GatewayTimeout, NotFound, ParseError, RequestTimeout
+from gateway.cache.flow import CacheExchange
+from gateway.cache.purge import handle_purge
+from gateway.errors import (
+    GatewayError,
+    GatewayTimeout,
+    MethodNotAllowed,
+    NotFound,
+    ParseError,
+    RequestTimeout,
+)
 from gateway.exchange import Exchange
 from gateway.fastwrite import writer_for
 from gateway.httpdate import http_date
@@ -89,7 +99,7 @@ class ClientConnection(Protocol):
         self._buf = b""
         self._scan = 0
         self._request: Request | None = None
-        self._exchange: Exchange | None = None
+        self._exchange: Exchange | CacheExchange | None = None
         self._started = 0.0
         self._body_open = False
         self._body_remaining = 0
@@ -206,21 +216,41 @@ class ClientConnection(Protocol):
             # The handshake is complete once a request has been decrypted.
             self._subject_read = True
             self.client_subject = client_subject(self.transport)
+        if request.method == b"PURGE" and runtime.cache is not None:
+            self._purge(request, host, path, runtime)
+            return
         route = runtime.routes[self.factory.listener_name].match(
             host, path, request.method, request.headers
         )
         if route is None:
             self._reject(NotFound("no route"), request)
             return
-        exchange = Exchange(
-            self, request, path, host, route, runtime.backends[route.backend], runtime
-        )
+        backend = runtime.backends[route.backend]
+        exchange: Exchange | CacheExchange
+        if route.cache and runtime.cache is not None:
+            exchange = CacheExchange(self, request, path, host, route, backend, runtime)
+        else:
+            exchange = Exchange(self, request, path, host, route, backend, runtime)
         self._exchange = exchange
         if listener.timeout_request:
             self._request_timer = self.reactor.callLater(
                 listener.timeout_request, self._request_timeout
             )
         exchange.start()
+
+    def _purge(self, request: Request, host: bytes, path: bytes, runtime: Runtime) -> None:
+        """PURGE a URL, or a URL prefix (``/prefix*``): from ``cache_purge_from`` only, else 405."""
+        purged = handle_purge(
+            runtime, self.factory.listener_name, self.peer_ip, request, host, path,
+            now=self.reactor.seconds(), accepting=self.accepting,
+        )  # fmt: skip
+        if purged is None:
+            self._reject(MethodNotAllowed("PURGE from an address not in cache_purge_from"), request)
+            return
+        self._end_request()
+        self.write(purged.answer)
+        self._log_line(request, 200, purged.body_length, "-", -1.0)
+        self._next(purged.keep_alive)
 
     # -- request bodies ----------------------------------------------------------
 
@@ -546,6 +576,7 @@ class ClientConnection(Protocol):
         )
 
 
+@implementer(IProtocolNegotiationFactory)
 class GatewayFactory(Factory):
     """Builds client connections for one listener; counts them against its limit.
 
@@ -586,6 +617,15 @@ class GatewayFactory(Factory):
         conn = ClientConnection(self, peer_ip, peer_port)
         self.connections.add(conn)
         return conn
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN (RFC 7301): HTTP/1.1 only, for now.
+
+        Twisted's TLS for ``ssl:`` endpoints asks the wrapped factory; without
+        this a client that offers ALPN (curl, browsers) gets an internal-error
+        alert instead of a handshake.
+        """
+        return [b"http/1.1"]
 
     def connection_closed(self, conn: ClientConnection) -> None:
         """Forget a connection once its transport is gone."""

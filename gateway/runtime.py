@@ -3,8 +3,11 @@
 A :class:`Runtime` is built from a Config and swapped whole on reload. What must
 outlive a reload is carried over from the previous Runtime by identity: a
 server's state (in-flight count, health verdict) and its connection pool when
-the server keeps its name and address, and a backend's retry budget. Building a
-Runtime does no I/O; ``start()`` starts its health checks and ``stop()`` ends them.
+the server keeps its name and address, a backend's retry budget, the spool
+budget, and the HTTP cache (:class:`gateway.cache.shared.SharedCache`) while
+``cache_dir`` stays the same. Building a Runtime does no I/O; ``start()``
+starts its health checks and loads the cache (first start only) and its
+janitor; ``retire()`` ends what no successor took over.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from gateway.balancer import ISelector, ServerState, make_selector
+from gateway.cache.route import RoutePolicy, route_policy
+from gateway.cache.shared import SharedCache
 from gateway.budget import RetryBudget
 from gateway.config import BackendConfig, Config, GatewaySettings, ServerConfig
 from gateway.headers import TrustedProxies
@@ -99,6 +104,19 @@ def _spool_settings(settings: GatewaySettings, previous: Runtime | None) -> Spoo
     return SpoolSettings(budget, limits, spool_directory(settings))
 
 
+def _shared_cache(
+    reactor: Reactor, settings: GatewaySettings, previous: Runtime | None
+) -> SharedCache | None:
+    """The cache for ``cache_dir`` (None when empty); the previous one if it is the same directory."""
+    if not settings.cache_dir:
+        return None
+    old = previous.cache if previous is not None else None
+    if old is not None and old.serves(settings):
+        old.configure(settings)
+        return old
+    return SharedCache(reactor, settings)
+
+
 class Runtime:
     """Routing tables, backends and header settings for one configuration."""
 
@@ -130,6 +148,14 @@ class Runtime:
         #: Per listener: the Strict-Transport-Security value, or None.
         self.hsts = {listener.name: hsts_header(listener) for listener in config.listeners}
         self.spooling = _spool_settings(settings, previous)
+        #: The process's HTTP cache, or None when ``cache_dir`` is empty.
+        self.cache = _shared_cache(reactor, settings, previous)
+        #: Per caching route (``cache = true``) by name: how it caches.
+        self.cache_policies: dict[str, RoutePolicy] = {
+            route.name: route_policy(route, settings) for route in config.routes if route.cache
+        }
+        #: Peers allowed to send PURGE (``cache_purge_from``).
+        self.purge_from = TrustedProxies(settings.cache_purge_from)
         old = previous.backends if previous is not None else {}
         self.backends: dict[str, BackendRuntime] = {
             backend.name: BackendRuntime(reactor, backend, old.get(backend.name))
@@ -137,11 +163,17 @@ class Runtime:
         }
 
     def start(self) -> None:
-        """Start every backend's health checks."""
+        """Start every backend's health checks, and the cache (index load, janitor)."""
         for backend in self.backends.values():
             backend.health.start()
+        if self.cache is not None:
+            self.cache.start()
 
     def retire(self, successor: Runtime | None) -> None:
-        """Stop this runtime's checks and close idle connections the successor dropped."""
+        """Stop this runtime's checks, close idle connections the successor dropped,
+        and stop the cache's janitor unless the successor took the cache over."""
         for name, backend in self.backends.items():
             backend.retire(None if successor is None else successor.backends.get(name))
+        cache = self.cache
+        if cache is not None and (successor is None or successor.cache is not cache):
+            cache.stop()

@@ -14,7 +14,7 @@ Invariants:
   file is exactly ``36 + body_length + meta_length`` bytes long, so truncation
   anywhere, a torn metadata update or a flipped header/metadata bit is found
   before a byte is served. The body's own CRC-32 is in the metadata, checked
-  while a whole body is streamed (``producer.BodyFileProducer``).
+  while a whole body is streamed (``answer.CheckedRange``).
 - The metadata sits after the body so that freshening an entry after a 304
   rewrites only the metadata and header, never the body.
 - Decoding never trusts a length: every read is bounds-checked and any
@@ -244,7 +244,7 @@ class Entry:
     """An opened, validated entry: its metadata and an open file to stream the body from.
 
     The body is ``body_length`` bytes at ``body_offset`` in ``file``; read it
-    with :meth:`read` or stream it with ``producer.BodyFileProducer``. Close
+    with :meth:`read` or stream it through :mod:`gateway.bodystore` (``answer.EntryFeed``). Close
     the entry when done (also usable as a context manager).
     """
 

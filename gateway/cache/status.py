@@ -70,7 +70,7 @@ def cache_status(
     fwd_status: int | None = None,
     ttl: float | None = None,
     stored: bool = False,
-    collapsed: bool = False,
+    collapsed: bool | None = None,
     key: bytes | None = None,
     detail: bytes | None = None,
 ) -> bytes:
@@ -80,7 +80,9 @@ def cache_status(
     whole seconds, negative when stale (§2.4); ``fwd-status`` the status the
     next hop answered (§2.3); ``stored`` whether the forwarded response was
     stored (§2.5); ``collapsed`` whether it was collapsed with other requests
-    (§2.6); ``key`` the cache key (§2.7); ``detail`` implementation-specific
+    (§2.6: True, the response was reused from the other request; False,
+    written ``collapsed=?0``, "a new request had to be made"; None leaves it
+    out); ``key`` the cache key (§2.7); ``detail`` implementation-specific
     text (§2.8), e.g. why a response was not stored. Raises ValueError for
     ``hit`` with ``fwd``.
     """
@@ -100,6 +102,8 @@ def cache_status(
         parts.append(b"stored")
     if collapsed:
         parts.append(b"collapsed")
+    elif collapsed is not None:
+        parts.append(b"collapsed=?0")
     if key is not None:
         parts.append(b"key=" + _sf_string(key))
     if detail is not None:

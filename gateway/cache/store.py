@@ -13,7 +13,8 @@ Invariants:
 - The index holds every committed entry exactly once, in LRU order, and
   ``total_size`` is the sum of their file sizes. Temporary files in progress
   are not counted (at most ``max_object_size`` per open writer).
-- After every commit ``total_size <= max_size``; :meth:`DiskStore.janitor`
+- After every commit ``total_size <= max_size``, and the files on disk never
+  exceed it (room is made before the rename); :meth:`DiskStore.janitor`
   lowers it to ``low_water * max_size`` and drops entries past ``keep_until``.
 - One process owns a directory. Two gateways sharing one would sweep each
   other's temporary files.
@@ -21,7 +22,7 @@ Invariants:
   its 36-byte header and its metadata (a few hundred bytes); commits, purges
   and evictions are a rename or an unlink each. Bodies are never read or
   written whole: writers take chunks as they arrive and readers hand out a
-  file, offset and length for ``producer.BodyFileProducer``.
+  file, offset and length for :mod:`gateway.bodystore` (``answer.EntryFeed``).
 - An entry removed (purge, eviction, replacement) while a reader streams it
   stays readable through the reader's open file descriptor.
 """
@@ -155,6 +156,8 @@ class EntryWriter:
         entry_id = int.from_bytes(os.urandom(8), "big")
         meta = _replace_meta(self._meta, body_crc=self._crc)
         encoded = encode_meta(meta)
+        size = HEADER_SIZE + self._written + len(encoded)
+        replaced: EntryInfo | None = None
         try:
             self._file.write(encoded)
             self._file.seek(0)
@@ -163,19 +166,25 @@ class EntryWriter:
             if store.fsync:
                 os.fsync(self._file.fileno())
             self._file.close()
+            # Room first, then the rename: the entry files on disk never add
+            # up to more than max_size, not even for a moment.
+            replaced = store._lru.get(self._name)
+            if replaced is not None:
+                store._forget(replaced)
+            store._enforce(store.max_size - size)
             os.replace(self._temp, self._final)
             if store.fsync:
                 store._fsync_dir(os.path.dirname(self._final))
         except OSError as exc:
             self._log.warn("cache: commit of {path} failed: {error}", path=self._final, error=exc)
+            if replaced is not None and os.path.exists(self._final):
+                store._add(replaced)
             self._give_up("io error")
             return None
         self.state = WriterState.COMMITTED
         store._writers.discard(self)
-        size = HEADER_SIZE + self._written + len(encoded)
         info = EntryInfo(self._name, meta, size, self._written, entry_id, store._clock.seconds())
         store._add(info)
-        store._enforce(store.max_size)
         return info
 
     def abort(self) -> None:

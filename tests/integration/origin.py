@@ -37,6 +37,12 @@ Endpoints (any method unless noted):
 - ``/_hits``: JSON ``{PATH: COUNT}`` of the requests served per path (query left
   out), with the same exclusions as ``/_stats``.
 - ``/_health``: ``ok``, for active health checks, never counted.
+- ``/cache/NAME``: a cacheable answer whose body says which request to this
+  path it was and echoes the request's ``X-Token``: ``NAME n=COUNT
+  token=TOKEN``, padded to ``?size=N`` bytes if given. ``?cc=VALUE`` sets
+  Cache-Control, ``?delay=SECONDS`` waits first, ``?cookie=1`` adds a
+  Set-Cookie. Every answer has ``ETag: "v1"`` and a Last-Modified; a request
+  whose If-None-Match is ``"v1"`` gets 304 (with the same Cache-Control).
 
 HEAD gets the head GET would get and no body.
 """
@@ -165,6 +171,7 @@ class Handler(BaseHTTPRequestHandler):
         with STATS.lock:
             STATS.requests += 1
             STATS.paths[url.path] += 1
+            count = STATS.paths[url.path]
         self.served += 1
         if Settings.delay:
             time.sleep(Settings.delay)
@@ -178,6 +185,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._bytes(int(parts[1]), 262144, head, length_fields=2)
             elif parts[0] == "echo":
                 self._echo(head)
+            elif parts[0] == "cache" and len(parts) == 2:
+                self._cache(parts[1], count, query, head)
             elif parts[0] == "sleep" and len(parts) == 2:
                 self._discard_body()
                 time.sleep(float(parts[1]))
@@ -223,6 +232,36 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(part)
             self.wfile.write(b"\r\n")
         self.wfile.write(b"0\r\n\r\n")
+
+    def _cache(self, name: str, count: int, query: dict[str, list[str]], head: bool) -> None:
+        self._discard_body()
+        delay = float(query.get("delay", ["0"])[0])
+        if delay:
+            time.sleep(delay)
+        control = query.get("cc", [""])[0]
+        if self.headers.get("If-None-Match") == '"v1"':
+            self.send_response(304)
+            self.send_header("ETag", '"v1"')
+            if control:
+                self.send_header("Cache-Control", control)
+            self.end_headers()
+            return
+        body = f"{name} n={count} token={self.headers.get('X-Token', '')}\n".encode()
+        size = int(query.get("size", ["0"])[0])
+        if size:
+            body = (body + b"." * size)[:size]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", '"v1"')
+        self.send_header("Last-Modified", "Thu, 01 Jan 2015 00:00:00 GMT")
+        if control:
+            self.send_header("Cache-Control", control)
+        if query.get("cookie"):
+            self.send_header("Set-Cookie", f"session={count}")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
 
     def _echo(self, head: bool) -> None:
         length, digest = self._read_body()

@@ -359,6 +359,34 @@ class BoundsTests(StoreTestCase):
         self.assertEqual(store.total_size, sum(os.path.getsize(os.path.join(d, f))
                                                for d, _, fs in os.walk(self.directory) for f in fs))  # fmt: skip
 
+    def test_room_made_before_rename(self) -> None:
+        """The committed files on disk never add up to more than max_size, even during a commit."""
+        store = self.make_store(max_size=5000, max_object_size=1000)
+        for i in range(5):
+            self.put(store, body=b"z" * 900, key=b"http://h/%d" % i)
+        writer = store.writer(meta(key=b"http://h/new"))
+        writer.write(b"y" * 900)
+        real_replace = os.replace
+        seen: list[int] = []
+
+        def replace(src: str, dst: str) -> None:
+            committed = [os.path.join(d, f) for d, _, fs in os.walk(self.directory) for f in fs
+                         if ".tmp-" not in f]  # fmt: skip
+            seen.append(sum(os.path.getsize(p) for p in committed) + os.path.getsize(src))
+            real_replace(src, dst)
+
+        self.patch(os, "replace", replace)
+        self.assertIsNotNone(writer.commit())
+        self.assertLessEqual(seen[0], 5000)
+
+    def test_replacing_an_entry_evicts_nothing_else(self) -> None:
+        """A new response for a stored key takes the old one's room, not another entry's."""
+        store = self.make_store(max_size=3200, max_object_size=1000)  # room for three
+        for i in range(3):
+            self.put(store, body=b"z" * 900, key=b"http://h/%d" % i)
+        self.put(store, body=b"w" * 900, key=b"http://h/0")
+        self.assertEqual(len(store), 3)
+
     def test_lru_keeps_recently_used(self) -> None:
         """Eviction removes the least recently used entry first; a hit refreshes an entry."""
         store = self.make_store(max_size=3200, max_object_size=1000)  # room for three

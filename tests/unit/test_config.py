@@ -301,7 +301,9 @@ class ErrorTests(SynchronousTestCase):
             problems(MINIMAL.replace("[route:all]", "[route:all]\nprefix = /")),
             ("gw.ini:8 [route:all] prefix: unknown key; allowed: backend, host, "
              "path_prefix, path_exact, path_regex, methods, header, listeners, buffering, "
-             "request_buffering",),
+             "request_buffering, cache, cache_key_sort_query, cache_key_drop_params, "
+             "cache_store_set_cookie, cache_status, cache_stale_if_error, "
+             "cache_collapse_timeout, cache_target_field, cache_heuristic_max",),
         )
 
     def test_duplicate_section(self) -> None:
