@@ -54,6 +54,7 @@ from gateway.service import SHUTDOWN_GRACE, listen_service
 from gateway.tlsreload import install_sighup
 from gateway.workers import (
     CONFIG_FD,
+    COUNT_ENV,
     FIRST_SOCKET_FD,
     LOG_ENV,
     PARENT_FD,
@@ -390,6 +391,7 @@ class Supervisor(MultiService):
         return {
             **self._environ,
             WORKER_ENV: str(slot.number),
+            COUNT_ENV: str(self.count),
             SOCKETS_ENV: encode_sockets(inherited),
             LOG_ENV: "json" if self.relay_logs else "text",
         }

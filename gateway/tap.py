@@ -32,6 +32,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "INI configuration file (default: the packaged demo config)."],
         ["listen", "l", None, "Quick mode: a Twisted server endpoint, e.g. tcp:8080."],
+        ["cache", None, None, "Quick mode: cache responses on disk in this directory."],
         ["workers", None, None,
          "Worker processes sharing the listening sockets; 0: one per CPU core "
          "(default: [gateway] workers).", worker_option],
@@ -58,12 +59,14 @@ class Options(usage.Options):
             raise usage.UsageError("--config can't be combined with --listen/--upstream")
         if quick and (self["listen"] is None or not self["upstreams"]):
             raise usage.UsageError("quick mode needs --listen and at least one --upstream")
+        if self["cache"] is not None and not quick:
+            raise usage.UsageError("--cache is a quick-mode option; in a file, set cache_dir")
 
 
 def load(options: Options) -> configuration.Config:
     """The configuration the options ask for; ConfigError when it is wrong."""
     if options["listen"] is not None:
-        return configuration.quick(options["listen"], options["upstreams"])
+        return configuration.quick(options["listen"], options["upstreams"], options["cache"])
     return configuration.load(options["config"] or configuration.default_path())
 
 
@@ -142,6 +145,8 @@ def _worker_service(reactor: Any, environ: Mapping[str, str]) -> IService:
     setup = worker_setup(environ)
     assert setup is not None
     config = read_config(workers.CONFIG_FD)
+    count = int(environ.get(workers.COUNT_ENV, "1"))
+    config = workers.worker_cache(config, setup.number, count)
     service = GatewayService(reactor, config, sockets=setup.sockets)
     SupervisorLink(reactor, setup.number, workers.PARENT_FD, reactor.stop).setServiceParent(service)
     return service

@@ -23,10 +23,12 @@ files named in the string, as the configuration check already did).
 
 from __future__ import annotations
 
+import os
+
 import socket
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.abstract import isIPv6Address
@@ -51,6 +53,8 @@ SOCKETS_ENV = "GATEWAY_SOCKETS"
 #: ``text``: log classic lines to the inherited stdout; ``json``: log events for
 #: the supervisor to relay (when its own log is not stdout).
 LOG_ENV = "GATEWAY_WORKER_LOG"
+#: How many workers the supervisor runs (a worker's share of per-process bounds).
+COUNT_ENV = "GATEWAY_WORKERS"
 
 #: Descriptors in a worker: the pickled :class:`~gateway.config.Config` (read to
 #: EOF at start), a pipe whose EOF means the supervisor is gone, then sockets.
@@ -165,6 +169,26 @@ class InheritedSocket:
 
     fd: int
     family: int
+
+
+def worker_cache(config: Config, number: int, count: int) -> Config:
+    """``config`` for worker ``number`` of ``count``: its own slice of the disk cache.
+
+    The cache's index lives in each process, so workers sharing one directory
+    would not see each other's entries and would evict each other's files.
+    Until the index is shared, each worker keeps ``cache_dir/worker-N`` and
+    ``cache_max_size / count`` of the disk, so the total still holds.
+    """
+    settings = config.gateway
+    if not settings.cache_dir or count <= 1:
+        return config
+    share = max(settings.cache_max_size // count, settings.cache_max_object)
+    gateway = replace(
+        settings,
+        cache_dir=os.path.join(settings.cache_dir, f"worker-{number}"),
+        cache_max_size=share,
+    )
+    return replace(config, gateway=gateway)
 
 
 def encode_sockets(sockets: Mapping[str, InheritedSocket]) -> str:

@@ -240,3 +240,26 @@ class PipeliningTests(SynchronousTestCase):
 def _lines(head: bytes) -> io.BytesIO:
     """The field lines of ``head`` as a file, for http.client.parse_headers."""
     return io.BytesIO(head.split(b"\r\n", 1)[1] + b"\r\n\r\n")
+
+
+class QuickCacheTests(SynchronousTestCase):
+    """``--cache DIR`` turns the disk cache on for the quick-mode route."""
+
+    def test_second_request_is_a_hit(self) -> None:
+        """A cacheable response is fetched once; the second answer says hit."""
+        origin = Origin(self).start()
+        cache_dir = os.path.join(new_tempdir(self), "cache")
+        gateway = Gateway(
+            self,
+            args=[
+                "--listen", "tcp:0:interface=127.0.0.1",
+                "--upstream", origin.url,
+                "--cache", cache_dir,
+            ],
+        ).start()
+        gateway.get("/cache/quick")
+        status, headers, _ = gateway.get("/cache/quick")
+        self.assertEqual(status, 200)
+        lowered = {name.lower(): value for name, value in headers.items()}
+        self.assertIn("hit", lowered.get("cache-status", ""))
+        self.assertEqual(origin.stats()["requests"], 1)
