@@ -194,6 +194,8 @@ class BodyProducer:
     for a re-chunked response). ``on_done(sent)`` runs after the last byte, with
     the producer already unregistered, so the owner may write a chunked
     terminator there. ``on_abort(sent, why)`` runs on any early end.
+    ``on_pause``/``on_resume`` tell the owner when the consumer stops and starts
+    taking bytes (a client connection runs its ``timeout_client`` meanwhile).
     """
 
     __slots__ = (
@@ -206,6 +208,8 @@ class BodyProducer:
         "_chunk_size",
         "_pos",
         "_call",
+        "_on_pause",
+        "_on_resume",
         "flow",
         "sent",
     )
@@ -220,6 +224,8 @@ class BodyProducer:
         on_abort: Callable[[int, Abort], None],
         write: Callable[[bytes], None] | None = None,
         chunk_size: int = CHUNK_SIZE,
+        on_pause: Callable[[], None] | None = None,
+        on_resume: Callable[[], None] | None = None,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -230,6 +236,8 @@ class BodyProducer:
         self._on_done = on_done
         self._on_abort = on_abort
         self._chunk_size = chunk_size
+        self._on_pause = on_pause
+        self._on_resume = on_resume
         self._pos = 0
         self._call: IDelayedCall | None = None
         self.flow = Flow.NEW
@@ -259,11 +267,15 @@ class BodyProducer:
         else:
             return
         self.flow = Flow.PAUSED
+        if self._on_pause is not None:
+            self._on_pause()
 
     def resumeProducing(self) -> None:
         if self.flow is Flow.PAUSED:
             self.flow = Flow.READY
             self._schedule()
+            if self._on_resume is not None:
+                self._on_resume()
 
     def stopProducing(self) -> None:
         """The consumer is gone: stop reading and report the abort."""

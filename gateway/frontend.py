@@ -576,31 +576,26 @@ class ClientConnection(Protocol):
         )
 
 
-@implementer(IProtocolNegotiationFactory)
-class GatewayFactory(Factory):
-    """Builds client connections for one listener; counts them against its limit.
+class ListenerFactory(Factory):
+    """What every listener's factory shares: the live runtime and ``max_connections``.
 
     ``runtime`` is a callable returning the live :class:`Runtime`, so a reload
-    that swaps it reaches every connection at its next request.
+    that swaps it reaches every connection at its next request. Subclasses
+    build the connection in :meth:`connect`.
     """
 
     noisy = False
 
     def __init__(
-        self,
-        reactor: Reactor,
-        runtime: Callable[[], Runtime],
-        listener_name: str,
-        proto: bytes = b"http",
+        self, reactor: Reactor, runtime: Callable[[], Runtime], listener_name: str
     ) -> None:
         self.reactor = reactor
         self.runtime = runtime
         self.listener_name = listener_name
-        self.proto = proto
         self.accepting = True
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[Protocol] = set()
 
-    def buildProtocol(self, addr: object) -> ClientConnection | None:
+    def buildProtocol(self, addr: object) -> Protocol | None:
         listener = self.runtime().listeners[self.listener_name]
         if len(self.connections) >= listener.max_connections:
             log.warn(
@@ -611,12 +606,37 @@ class GatewayFactory(Factory):
             )
             return None
         if isinstance(addr, (IPv4Address, IPv6Address)):
-            peer_ip, peer_port = addr.host, addr.port
+            conn = self.connect(addr.host, addr.port)
         else:
-            peer_ip, peer_port = "unix", 0
-        conn = ClientConnection(self, peer_ip, peer_port)
+            conn = self.connect("unix", 0)
         self.connections.add(conn)
         return conn
+
+    def connect(self, peer_ip: str, peer_port: int) -> Protocol:
+        """The protocol for one accepted connection from ``peer_ip``."""
+        raise NotImplementedError
+
+    def connection_closed(self, conn: Protocol) -> None:
+        """Forget a connection once its transport is gone."""
+        self.connections.discard(conn)
+
+
+@implementer(IProtocolNegotiationFactory)
+class GatewayFactory(ListenerFactory):
+    """Builds proxying client connections for one listener."""
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        runtime: Callable[[], Runtime],
+        listener_name: str,
+        proto: bytes = b"http",
+    ) -> None:
+        super().__init__(reactor, runtime, listener_name)
+        self.proto = proto
+
+    def connect(self, peer_ip: str, peer_port: int) -> ClientConnection:
+        return ClientConnection(self, peer_ip, peer_port)
 
     def acceptableProtocols(self) -> list[bytes]:
         """ALPN (RFC 7301): HTTP/1.1 only, for now.
@@ -626,10 +646,6 @@ class GatewayFactory(Factory):
         alert instead of a handshake.
         """
         return [b"http/1.1"]
-
-    def connection_closed(self, conn: ClientConnection) -> None:
-        """Forget a connection once its transport is gone."""
-        self.connections.discard(conn)
 
     def stop_accepting(self) -> None:
         """Shutdown: idle connections close now, busy ones after their answer."""

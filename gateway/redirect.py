@@ -25,14 +25,14 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import accesslog
 from gateway.errors import ParseError
+from gateway.frontend import ListenerFactory
 from gateway.headers import serialize_head
 from gateway.httpdate import http_date
 from gateway.pages import error_response
@@ -42,7 +42,6 @@ from gateway.routing import split_target
 if TYPE_CHECKING:
     from gateway.config import ListenerConfig
     from gateway.runtime import Runtime
-    from gateway.upstream import Reactor
 
 log = Logger()
 
@@ -239,42 +238,11 @@ class RedirectConnection(Protocol):
             timer.cancel()
 
 
-class RedirectFactory(Factory):
-    """Builds redirecting connections for one listener, within ``max_connections``.
+class RedirectFactory(ListenerFactory):
+    """Builds redirecting connections for one listener, within ``max_connections``."""
 
-    ``runtime`` returns the live :class:`Runtime`, so limits and the port
-    follow a configuration reload at the next request.
-    """
-
-    noisy = False
-
-    def __init__(
-        self, reactor: Reactor, runtime: Callable[[], Runtime], listener_name: str
-    ) -> None:
-        self.reactor = reactor
-        self.runtime = runtime
-        self.listener_name = listener_name
-        self.accepting = True
-        self.connections: set[RedirectConnection] = set()
-
-    def buildProtocol(self, addr: object) -> RedirectConnection | None:
-        listener = self.runtime().listeners[self.listener_name]
-        if len(self.connections) >= listener.max_connections:
-            log.warn(
-                "listener {name}: max_connections ({limit}) reached; refusing {addr}",
-                name=self.listener_name,
-                limit=listener.max_connections,
-                addr=addr,
-            )
-            return None
-        peer = addr.host if isinstance(addr, (IPv4Address, IPv6Address)) else "unix"
-        conn = RedirectConnection(self, peer)
-        self.connections.add(conn)
-        return conn
-
-    def connection_closed(self, conn: RedirectConnection) -> None:
-        """Forget a connection once its transport is gone."""
-        self.connections.discard(conn)
+    def connect(self, peer_ip: str, peer_port: int) -> RedirectConnection:
+        return RedirectConnection(self, peer_ip)
 
     def stop_accepting(self) -> None:
         """Shutdown: every connection closes; a redirect is never worth waiting for."""

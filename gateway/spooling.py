@@ -74,31 +74,6 @@ class SpoolSettings:
         return open_spool(self.budget, self.limits, self.directory, expected=expected)
 
 
-class _FeedingProducer(BodyProducer):
-    """A BodyProducer that also tells the client connection when it is blocked."""
-
-    __slots__ = ("_blocked", "_unblocked")
-
-    def __init__(
-        self,
-        *args: object,
-        blocked: Callable[[], None],
-        unblocked: Callable[[], None],
-        **kwargs: object,
-    ) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._blocked = blocked
-        self._unblocked = unblocked
-
-    def pauseProducing(self) -> None:
-        super().pauseProducing()
-        self._blocked()
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()
-        self._unblocked()
-
-
 class ResponseSpool:
     """The client side of one response, once it has been handed to a spool.
 
@@ -127,15 +102,15 @@ class ResponseSpool:
         self._done = done
         self._aborted = aborted
         spool.on_room = self._room
-        self._producer = _FeedingProducer(
+        self._producer = BodyProducer(
             reactor,
             spool,
             consumer,
             on_done=self._fed,
             on_abort=self._cut,
             write=write,
-            blocked=blocked,
-            unblocked=unblocked,
+            on_pause=blocked,
+            on_resume=unblocked,
         )
 
     def start(self) -> None:

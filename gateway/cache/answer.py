@@ -177,27 +177,6 @@ class CheckedRange(FileRange):
         return data
 
 
-class _Feeder(BodyProducer):
-    """A BodyProducer that also tells the client connection when the client stops reading."""
-
-    __slots__ = ("_blocked", "_unblocked")
-
-    def __init__(
-        self, *args: object, blocked: Callable[[], None], unblocked: Callable[[], None], **kwargs: object
-    ) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._blocked = blocked
-        self._unblocked = unblocked
-
-    def pauseProducing(self) -> None:
-        super().pauseProducing()
-        self._blocked()
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()
-        self._unblocked()
-
-
 class EntryFeed:
     """Writes one answer's head and stored body bytes to a client, then reports.
 
@@ -267,9 +246,9 @@ class EntryFeed:
             source: FileRange = CheckedRange(fd, offset, answer.length, entry.meta.body_crc)
         else:
             source = FileRange(fd, offset, answer.length)
-        self._producer = _Feeder(
+        self._producer = BodyProducer(
             self._reactor, source, self._consumer, on_done=self._fed, on_abort=self._cut,
-            write=self._send, blocked=self._blocked, unblocked=self._unblocked,
+            write=self._send, on_pause=self._blocked, on_resume=self._unblocked,
         )  # fmt: skip
         self._producer.start()
 
