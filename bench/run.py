@@ -1,4 +1,4 @@
-"""The gateway's benchmark beside nginx: ``bash bench/run [--quick | --tls | --slow]``.
+"""The gateway's benchmark beside nginx: ``bash bench/run [--quick | --tls | --slow | --cache]``.
 
 The matrix (full or ``--quick``) starts, under one temporary directory and on
 127.0.0.1 only: an nginx origin serving 1 KiB and 100 KiB files, nginx as the
@@ -8,7 +8,8 @@ against the gateway and nginx, then measures the origin alone and Twisted's
 proxy, and reports medians and ratios (see docs/performance.md for how to
 read them).  ``--tls`` measures TLS termination beside nginx
 (bench/tlsbench.py); ``--slow`` how long slow clients hold backends through
-each proxy (bench/slowclients.py).  Each mode writes its own generated section
+each proxy (bench/slowclients.py); ``--cache`` cache hits beside nginx's
+proxy_cache (bench/cachebench.py).  Each mode writes its own generated section
 of docs/performance.md.
 
 Invariants:
@@ -38,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
+import cachebench
 import certs
 import report
 import servers
@@ -57,7 +59,7 @@ class Interrupted(Exception):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """``[--quick | --tls | --slow] [--duration S] [--repeats N] [--[no-]write-docs]``."""
+    """``[--quick | --tls | --slow | --cache] [--duration S] [--repeats N] [--[no-]write-docs]``."""
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
@@ -67,6 +69,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       "keep-alive (about 2 minutes)")
     mode.add_argument("--slow", action="store_true",
                       help="slow clients: how long each proxy holds the backend (under 1 minute)")
+    mode.add_argument("--cache", action="store_true",
+                      help="cache hits beside nginx's proxy_cache: throughput and p99 "
+                      "(under 3 minutes)")
     parser.add_argument("--duration", type=int, help="whole seconds per wrk/s_time run")
     parser.add_argument("--repeats", type=int,
                         help="gateway/nginx alternations per cell (--slow: rounds)")
@@ -333,6 +338,23 @@ def run_slow(
     return runs
 
 
+def run_cache(
+    processes: Processes, root: Path, plan: cachebench.CachePlan, tools: dict[str, str]
+) -> cachebench.CacheResults:
+    """Cache hits: the gateway's disk cache and nginx's proxy_cache, one origin."""
+    nginx, twistd = tools["nginx"], tools["twistd"]
+    origin = servers.start_origin(processes, nginx, root, servers.write_bodies(root))
+    settings, route = cachebench.gateway_settings(root)
+    http, location = cachebench.nginx_directives(root)
+    targets = {
+        "gateway": servers.start_gateway(processes, twistd, root, origin, False,
+                                         settings=settings, route=route),
+        "nginx": servers.start_nginx_proxy(processes, nginx, root, origin,
+                                           http=http, location=location),
+    }
+    return cachebench.run(targets, root, plan, tools["wrk"], PAUSE_S)
+
+
 def main(argv: list[str]) -> int:
     """Run the chosen mode, print its report, and write docs/performance.md if asked."""
     args = parse_args(argv)
@@ -349,6 +371,16 @@ def main(argv: list[str]) -> int:
         mode = "tls"
         intro = (f"bench --tls: {len(tlsbench.CELLS)} cells, {tls_plan.duration_s} s per run, "
                  f"{tls_plan.repeats} alternation(s), TLS 1.3, {certs.KEY_TYPE}")
+    elif args.cache:
+        cache_plan = cachebench.PLAN
+        if args.duration is not None:
+            cache_plan = dataclasses.replace(cache_plan, duration_s=max(1, args.duration))
+        if args.repeats is not None:
+            cache_plan = dataclasses.replace(cache_plan, repeats=max(1, args.repeats))
+        estimate = cache_plan.estimate_s()
+        mode = "cache"
+        intro = (f"bench --cache: {len(cachebench.CELLS)} cells, {cache_plan.duration_s} s "
+                 f"per run, {cache_plan.repeats} alternation(s), cache hits only")
     elif args.slow:
         slow_plan = slowclients.SlowPlan()
         if args.repeats is not None:
@@ -371,7 +403,7 @@ def main(argv: list[str]) -> int:
     raise_file_limit()
     started_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     began = time.monotonic()
-    limit_s = int(2 * estimate + 120)
+    limit_s = cache_plan.bound_s() if mode == "cache" else int(2 * estimate + 120)
     print(f"{intro}; about {estimate / 60:.1f} min of load, stopped after "
           f"{limit_s / 60:.0f} min at most.", flush=True)
     processes = Processes()
@@ -384,6 +416,8 @@ def main(argv: list[str]) -> int:
                     tls_results = run_tls(processes, root, tls_plan, tools)
                 elif mode == "slow":
                     slow_runs = run_slow(processes, root, slow_plan, tools)
+                elif mode == "cache":
+                    cache_results = run_cache(processes, root, cache_plan, tools)
                 else:
                     results = run_matrix(processes, root, plan, tools, workers_row)
         except (Interrupted, KeyboardInterrupt) as exc:
@@ -407,6 +441,9 @@ def main(argv: list[str]) -> int:
     elif mode == "slow":
         heading = report.heading(command, started_at, elapsed, notes)
         block = "\n".join([begin, slowclients.section(slow_runs, slow_plan, heading), end])
+    elif mode == "cache":
+        heading = report.heading(command, started_at, elapsed, notes)
+        block = "\n".join([begin, cachebench.section(cache_results, cache_plan, heading), end])
     else:
         block = report.generated_block(results, plan, command, started_at, elapsed, notes)
     print("\n" + block)

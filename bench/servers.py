@@ -6,8 +6,8 @@ Invariants:
   SIGTERM, then SIGKILL after a grace period.  Nothing else is ever signalled.
 - Everything listens on 127.0.0.1 only, on ports the kernel picked as free.
 - Every file (configs, pid files, logs, nginx temp dirs, gateway spool
-  directories, certificates, the static bodies) lives under one temporary
-  directory.
+  directories, both proxies' caches, certificates, the static bodies) lives
+  under one temporary directory.
 - Every gateway runs with an explicit ``workers`` count (1 unless a cell is
   about workers), so a change of the default can't change what is measured.
 """
@@ -26,6 +26,8 @@ from pathlib import Path
 HOST = "127.0.0.1"
 #: Response bodies the origin serves, by URL path.
 BODIES = {"/1k": 1024, "/100k": 100 * 1024}
+#: The origin serves the same bodies under this prefix with ``max-age=3600``.
+CACHED_PREFIX = "/cached/"
 STOP_GRACE_S = 5.0
 START_TIMEOUT_S = 20.0
 
@@ -245,7 +247,13 @@ def _start_nginx(
 
 
 def start_origin(processes: Processes, nginx: str, root: Path, www: Path) -> Server:
-    """nginx serving the static bodies from ``www`` with keep-alive: the fastest origin."""
+    """nginx serving the static bodies from ``www`` with keep-alive: the fastest origin.
+
+    Under ``/cached/`` (``/cached/1k``, ``/cached/100k``) it serves the same
+    files with ``Cache-Control: max-age=3600``, and logs each of those requests
+    to :func:`cached_log` (bench/cachebench.py counts them: a cache hit never
+    reaches the origin). Nothing else is logged.
+    """
     block = f"""\
     sendfile on;
     tcp_nopush on;
@@ -253,22 +261,35 @@ def start_origin(processes: Processes, nginx: str, root: Path, www: Path) -> Ser
     server {{
         listen {HOST}:{free_port()};
         root {www};
+        location {CACHED_PREFIX} {{
+            alias {www}/;
+            add_header Cache-Control "max-age=3600";
+            access_log {cached_log(root)};
+        }}
     }}"""
     return _start_nginx(processes, nginx, root, "origin", block)
 
 
+def cached_log(root: Path) -> Path:
+    """The origin's log of requests under ``/cached/``: one line per request."""
+    return root / "origin" / "cached-access.log"
+
+
 def start_nginx_proxy(
     processes: Processes, nginx: str, root: Path, origin: Server,
-    name: str = "nginx", workers: int = 1, tls: str = "",
+    name: str = "nginx", workers: int = 1, tls: str = "", http: str = "", location: str = "",
 ) -> Server:
     """The reference: nginx proxy_pass to an upstream with 64 idle keep-alive connections.
 
     ``tls`` holds ``ssl_*`` directives: the listener then speaks TLS
-    (see bench/tlsbench.py). Everything else is nginx's default, response
+    (see bench/tlsbench.py). ``http`` and ``location`` are extra directives
+    for the ``http`` block and the proxying ``location`` (``proxy_cache``:
+    bench/cachebench.py). Everything else is nginx's default, response
     buffering (``proxy_buffering on``) included.
     """
     listen = f"{HOST}:{free_port()}" + (" ssl" if tls else "")
     block = f"""\
+{http}
     upstream origin {{
         server {HOST}:{origin.port};
         keepalive 64;
@@ -280,6 +301,7 @@ def start_nginx_proxy(
             proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+{location}
         }}
     }}"""
     return _start_nginx(processes, nginx, root, name, block, workers)
@@ -287,13 +309,15 @@ def start_nginx_proxy(
 
 def gateway_config(
     root: Path, name: str, port: int, origin: Server, *, access_log: bool = False,
-    workers: int = 1, listener: str = "", route: str = "", sections: str = "",
+    workers: int = 1, settings: str = "", listener: str = "", route: str = "",
+    sections: str = "",
 ) -> Path:
     """An INI equal to quick mode (``--listen``/``--upstream``) plus settings.
 
     ``workers`` is always written (1 unless a cell is about workers: the
-    default is becoming one worker per core). ``listener`` and ``route`` are
-    extra key lines for ``[listener:quick]`` and ``[route:quick]``; ``sections``
+    default is becoming one worker per core). ``settings``, ``listener`` and
+    ``route`` are extra key lines for ``[gateway]``, ``[listener:quick]`` and
+    ``[route:quick]``; ``sections``
     is appended whole (TLS sites). Each gateway spools into a directory of its
     own under ``root``: every gateway sweeps its spool directory at start.
     """
@@ -305,7 +329,7 @@ def gateway_config(
 access_log = {"true" if access_log else "false"}
 workers = {workers}
 spool_dir = {root / ("spool-" + name)}
-
+{settings}
 [listener:quick]
 bind = tcp:{port}:interface={HOST}
 {listener}
@@ -325,8 +349,8 @@ backend = quick
 
 def start_gateway(
     processes: Processes, twistd: str, root: Path, origin: Server, access_log: bool,
-    *, name: str = "", workers: int = 1, listener: str = "", route: str = "",
-    sections: str = "",
+    *, name: str = "", workers: int = 1, settings: str = "", listener: str = "",
+    route: str = "", sections: str = "",
 ) -> Server:
     """The gateway in front of ``origin``, from an INI file (:func:`gateway_config`).
 
@@ -338,7 +362,7 @@ def start_gateway(
     name = name or ("gateway+log" if access_log else "gateway")
     log = root / f"{name}.log"
     ini = gateway_config(root, name, port, origin, access_log=access_log, workers=workers,
-                         listener=listener, route=route, sections=sections)
+                         settings=settings, listener=listener, route=route, sections=sections)
     argv = [twistd, "-n", "--pidfile=", "--logfile", str(log), "gateway", "--config", str(ini)]
     scheme = "https" if "tls = true" in listener else "http"
     server = Server(name, port, processes.start(argv, root / f"{name}.out"), log, scheme, workers)
