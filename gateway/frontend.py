@@ -44,6 +44,7 @@ from gateway.httpdate import http_date
 from gateway.pages import error_response
 from gateway.parser import Request, check_partial_head, head_end, parse_request
 from gateway.pauses import Pauses
+from gateway.redirect import location, redirect_response
 from gateway.routing import split_target
 from gateway.tls import client_subject
 
@@ -216,6 +217,9 @@ class ClientConnection(Protocol):
             # The handshake is complete once a request has been decrypted.
             self._subject_read = True
             self.client_subject = client_subject(self.transport)
+        if listener.redirect_https:
+            self._redirect(request, listener, runtime)
+            return
         if request.method == b"PURGE" and runtime.cache is not None:
             self._purge(request, host, path, runtime)
             return
@@ -237,6 +241,30 @@ class ClientConnection(Protocol):
                 listener.timeout_request, self._request_timeout
             )
         exchange.start()
+
+    def _redirect(self, request: Request, listener: ListenerConfig, runtime: Runtime) -> None:
+        """``redirect_https``: answer 301/308 to the same host and target on HTTPS.
+
+        Nothing is read of a body, so a request with one is answered and the
+        connection closed. No Strict-Transport-Security: RFC 6797 §7.2 forbids
+        it over plain HTTP.
+        """
+        where = location(request, listener.redirect_https_port)
+        if where is None:
+            self._reject(ParseError("no host to redirect to", 400), request)
+            return
+        close = request.chunked or request.content_length > 0 or not request.keep_alive
+        status, head = redirect_response(
+            request,
+            where,
+            server=runtime.server_header,
+            date=http_date(self.reactor.seconds()),
+            close=close or not self.accepting,
+        )
+        self._end_request()
+        self.write(head)
+        self._log_line(request, status, 0, "-", -1.0)
+        self._next(not close)
 
     def _purge(self, request: Request, host: bytes, path: bytes, runtime: Runtime) -> None:
         """PURGE a URL, or a URL prefix (``/prefix*``): from ``cache_purge_from`` only, else 405."""
@@ -576,26 +604,32 @@ class ClientConnection(Protocol):
         )
 
 
-class ListenerFactory(Factory):
-    """What every listener's factory shares: the live runtime and ``max_connections``.
+@implementer(IProtocolNegotiationFactory)
+class GatewayFactory(Factory):
+    """Builds client connections for one listener; counts them against its limit.
 
     ``runtime`` is a callable returning the live :class:`Runtime`, so a reload
-    that swaps it reaches every connection at its next request. Subclasses
-    build the connection in :meth:`connect`.
+    that swaps it reaches every connection at its next request. Listeners with
+    ``redirect_https`` use it too: their connections answer with redirects.
     """
 
     noisy = False
 
     def __init__(
-        self, reactor: Reactor, runtime: Callable[[], Runtime], listener_name: str
+        self,
+        reactor: Reactor,
+        runtime: Callable[[], Runtime],
+        listener_name: str,
+        proto: bytes = b"http",
     ) -> None:
         self.reactor = reactor
         self.runtime = runtime
         self.listener_name = listener_name
+        self.proto = proto
         self.accepting = True
-        self.connections: set[Protocol] = set()
+        self.connections: set[ClientConnection] = set()
 
-    def buildProtocol(self, addr: object) -> Protocol | None:
+    def buildProtocol(self, addr: object) -> ClientConnection | None:
         listener = self.runtime().listeners[self.listener_name]
         if len(self.connections) >= listener.max_connections:
             log.warn(
@@ -606,37 +640,15 @@ class ListenerFactory(Factory):
             )
             return None
         if isinstance(addr, (IPv4Address, IPv6Address)):
-            conn = self.connect(addr.host, addr.port)
+            conn = ClientConnection(self, addr.host, addr.port)
         else:
-            conn = self.connect("unix", 0)
+            conn = ClientConnection(self, "unix", 0)
         self.connections.add(conn)
         return conn
 
-    def connect(self, peer_ip: str, peer_port: int) -> Protocol:
-        """The protocol for one accepted connection from ``peer_ip``."""
-        raise NotImplementedError
-
-    def connection_closed(self, conn: Protocol) -> None:
+    def connection_closed(self, conn: ClientConnection) -> None:
         """Forget a connection once its transport is gone."""
         self.connections.discard(conn)
-
-
-@implementer(IProtocolNegotiationFactory)
-class GatewayFactory(ListenerFactory):
-    """Builds proxying client connections for one listener."""
-
-    def __init__(
-        self,
-        reactor: Reactor,
-        runtime: Callable[[], Runtime],
-        listener_name: str,
-        proto: bytes = b"http",
-    ) -> None:
-        super().__init__(reactor, runtime, listener_name)
-        self.proto = proto
-
-    def connect(self, peer_ip: str, peer_port: int) -> ClientConnection:
-        return ClientConnection(self, peer_ip, peer_port)
 
     def acceptableProtocols(self) -> list[bytes]:
         """ALPN (RFC 7301): HTTP/1.1 only, for now.

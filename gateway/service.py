@@ -4,7 +4,8 @@ Startup listens on every ``[listener:*]`` and ``[demo:*]`` endpoint (bind errors
 fail the start). A listener is one of three kinds: proxying over plain TCP,
 proxying behind TLS (``tls = true``: :mod:`gateway.tls`, its certificates kept
 by :class:`gateway.tlsreload.Certificates` and reloaded on SIGHUP), or
-redirecting to HTTPS (``redirect_https = true``: :mod:`gateway.redirect`).
+redirecting to HTTPS (``redirect_https = true``: the front end answers every
+request with :mod:`gateway.redirect`'s redirect).
 
 In a worker of a multi-process gateway (:mod:`gateway.supervisor`) the same
 service is built with the ``sockets`` the supervisor bound: each listener's
@@ -12,7 +13,7 @@ endpoint then adopts its inherited socket (:class:`gateway.adoption.InheritedPor
 instead of binding, TLS wrapping included, demo origins are left to the
 supervisor, and SIGHUP is always caught (the supervisor forwards it).
 Stop closes the listening ports, lets in-flight exchanges finish
-for up to ``shutdown_grace`` seconds, closes what remains, then drops idle
+for up to ``SHUTDOWN_GRACE`` seconds, closes what remains, then drops idle
 upstream connections.
 """
 
@@ -32,7 +33,6 @@ from twisted.logger import Logger
 from gateway.adoption import InheritedPort
 from gateway.demo import demo_site
 from gateway.frontend import GatewayFactory
-from gateway.redirect import RedirectFactory
 from gateway.runtime import Runtime
 from gateway.spool import SpoolDirError, check_spool_dir, sweep_spool_dir
 from gateway.workers import DEFAULT_BACKLOG, endpoint_options, listen_spec
@@ -97,18 +97,12 @@ class GatewayService(MultiService):
         self._runtime = Runtime(reactor, config)
         self._sockets = sockets
         self.factories: list[GatewayFactory] = []
-        self.redirects: list[RedirectFactory] = []
         self.certificates = Certificates(reactor, config)
         self._restore_sighup: Callable[[], None] | None = None
         if sockets is None:
             for demo in config.demos:
                 self._listen(demo.bind, demo_site(demo.name))
         for listener in config.listeners:
-            if listener.redirect_https:
-                redirect = RedirectFactory(reactor, self.runtime, listener.name)
-                self.redirects.append(redirect)
-                self._listen(listener.bind, redirect, listener.name)
-                continue
             secure = listener.tls or listener.bind.startswith("ssl:")
             proto = b"https" if secure else b"http"
             factory = GatewayFactory(reactor, self.runtime, listener.name, proto)
@@ -168,8 +162,6 @@ class GatewayService(MultiService):
         if self._restore_sighup is not None:
             self._restore_sighup()
             self._restore_sighup = None
-        for redirect in self.redirects:
-            redirect.stop_accepting()
         for factory in self.factories:
             factory.stop_accepting()
         drained: Deferred[None] = Deferred()

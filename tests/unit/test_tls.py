@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config, tlsupstream
 from gateway.config import ConfigError, ListenerConfig, SiteConfig
-from gateway.redirect import RedirectFactory, location, redirect_response
+from gateway.redirect import location, redirect_response
 from gateway.parser import HeadLimits, parse_request
 from gateway.testing import simple_config
 from gateway.tls import (
@@ -948,15 +948,10 @@ class RedirectTests(SynchronousTestCase):
         self.assertEqual(redirect_response(post, b"https://h/", server=b"", date=b"d", close=False)[0], 308)
 
     def connect(self, **listener: object) -> tuple[MemoryReactorClock, StringTransport, object]:
-        from twisted.internet.address import IPv4Address
-        from gateway.runtime import Runtime
-        clock = MemoryReactorClock()
-        runtime = Runtime(clock, simple_config(listener={"redirect_https": True, **listener}))
-        factory = RedirectFactory(clock, lambda: runtime, "web")
-        protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 5555))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return clock, transport, protocol
+        from gateway.testing import Harness
+        harness = Harness(simple_config(listener={"redirect_https": True, **listener}))
+        client = harness.client()
+        return harness.clock, client.transport, client.protocol
 
     def test_keep_alive_and_pipelining(self) -> None:
         """Two pipelined requests get two redirects on one connection."""
@@ -1021,10 +1016,9 @@ class ServiceTests(FilesCase):
         cfg = replace(base, listeners=listeners, sites=(site,))
         clock = MemoryReactorClock()
         service = GatewayService(clock, cfg)
-        self.assertEqual([f.proto for f in service.factories], [b"https"])
-        self.assertEqual([r.listener_name for r in service.redirects], ["plain"])
+        self.assertEqual([f.proto for f in service.factories], [b"https", b"http"])
         self.assertEqual(list(service.certificates.creators), ["web"])
         service.startService()
         factories = sorted(type(entry[1]).__name__ for entry in clock.tcpServers)
-        self.assertEqual(factories, ["RedirectFactory", "TLSServerFactory"])
+        self.assertEqual(factories, ["GatewayFactory", "TLSServerFactory"])
         service.stopService()
