@@ -6,7 +6,8 @@ calls pauseProducing on whatever producer the client transport holds.
 
 from __future__ import annotations
 
-import os
+import shutil
+import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,10 +17,16 @@ from gateway.testing import Harness, simple_config
 GET = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n"
 
 
+def spool_dir(case: SynchronousTestCase) -> str:
+    """A fresh directory removed after the test (``mktemp()`` would land in the work tree)."""
+    directory = tempfile.mkdtemp(prefix="gw-spool-test-")
+    case.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
 def harness(case: SynchronousTestCase, **gateway: object) -> Harness:
     """A harness whose spool directory is a fresh temporary directory."""
-    directory = case.mktemp()
-    os.makedirs(directory)
+    directory = spool_dir(case)
     settings = {"spool_dir": directory, **gateway}
     return Harness(simple_config(servers=1, **settings))
 
@@ -133,8 +140,7 @@ class BypassTests(SynchronousTestCase):
 
 def buffered(case: SynchronousTestCase, servers: int = 1) -> Harness:
     """A harness whose route buffers request bodies."""
-    directory = case.mktemp()
-    os.makedirs(directory)
+    directory = spool_dir(case)
     config = simple_config(
         servers=servers, route={"request_buffering": True}, spool_dir=directory
     )
