@@ -629,3 +629,4 @@ class WorkerCacheTests(SynchronousTestCase):
         self.assertIs(worker_cache(config, 1, 1), config)
         plain = self.config()
         self.assertIs(worker_cache(plain, 1, 4), plain)
+
