@@ -147,9 +147,17 @@ class GatewayService(MultiService):
         """The live runtime; request handling calls this at each request."""
         return self._runtime
 
-    def startService(self) -> None:
-        """Prepare the spool directory, listen on every endpoint, start health checks."""
+    def privilegedStartService(self) -> None:
+        """Prepare the spool directory, then bind the ports (twistd does this first).
+
+        The directory is ready before the first connection can be accepted, and
+        its start-up check file is gone before anyone can look.
+        """
         prepare_spool_dir(self._runtime.spooling.directory)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Listen on every endpoint, start health checks, freeze the start-up heap."""
         super().startService()
         self._runtime.start()
         freeze_startup_heap()
