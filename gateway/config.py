@@ -50,6 +50,7 @@ class GatewaySettings:
     via_pseudonym: str = "gateway"
     trusted_proxies: tuple[str, ...] = ()
     workers: int = 0
+    shutdown_grace: float = 10.0
     spool_dir: str = ""
     spool_memory: int = 64 * 1024 * 1024
     spool_disk: int = 1024 * 1024 * 1024

@@ -343,6 +343,7 @@ GATEWAY: Mapping[str, ValueParser] = {
     "via_pseudonym": Token(),
     "trusted_proxies": NetworkList(),
     "workers": Count(0, 64),
+    "shutdown_grace": Duration(0.001, _HOUR),
     "spool_dir": FilePath(),
     "spool_memory": Size(1024, 64 * _GIB, zero="spool nothing in memory"),
     "spool_disk": Size(1024, 1024 * _GIB, zero="spool nothing on disk"),

@@ -13,7 +13,7 @@ endpoint then adopts its inherited socket (:class:`gateway.adoption.InheritedPor
 instead of binding, TLS wrapping included, demo origins are left to the
 supervisor, and SIGHUP is always caught (the supervisor forwards it).
 Stop closes the listening ports, lets in-flight exchanges finish
-for up to ``SHUTDOWN_GRACE`` seconds, closes what remains, then drops idle
+for up to ``shutdown_grace`` seconds, closes what remains, then drops idle
 upstream connections.
 """
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-SHUTDOWN_GRACE = 10.0
 
 
 def freeze_startup_heap() -> None:
@@ -189,7 +188,7 @@ class GatewayService(MultiService):
         for factory in self.factories:
             factory.stop_accepting()
         drained: Deferred[None] = Deferred()
-        deadline = self.reactor.seconds() + SHUTDOWN_GRACE
+        deadline = self.reactor.seconds() + self.config.gateway.shutdown_grace
 
         def poll() -> None:
             busy = [c for f in self.factories for c in f.connections]

@@ -19,7 +19,7 @@ Elsewhere every worker shares one socket per listener.
 - SIGTERM/SIGINT (twistd stops the reactor, which stops this service): close
   the supervisor's copies of the sockets, SIGTERM every worker (each drains
   for up to its ``shutdown_grace``), SIGKILL what is left after
-  ``stop_timeout``, and finish once every worker has been reaped.
+  ``stop_timeout`` (``shutdown_grace`` plus a margin), and finish once every worker has been reaped.
 - SIGHUP is forwarded to every worker (each reloads its certificates).
 - Worker logs: straight to the inherited stdout/stderr when the supervisor
   logs to stdout (one stream, no relay cost); otherwise through pipes, as JSON
@@ -50,7 +50,7 @@ from twisted.logger import LogLevel, Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from gateway.demo import demo_site
-from gateway.service import SHUTDOWN_GRACE, listen_service
+from gateway.service import listen_service
 from gateway.tlsreload import install_sighup
 from gateway.workers import (
     CONFIG_FD,
@@ -99,8 +99,8 @@ WORKER_MAIN = (
 #: twistd's arguments for a worker: foreground, no pid file, labelled log.
 WORKER_ARGS = ("-n", "--pidfile=", "--logger=gateway.adoption.worker_log_observer", "gateway")
 
-#: How long a stopping worker gets before SIGKILL: its own drain, plus margin.
-STOP_TIMEOUT = SHUTDOWN_GRACE + 5.0
+#: How long a stopping worker gets beyond its own drain (``shutdown_grace``) before SIGKILL.
+STOP_MARGIN = 5.0
 
 #: A relayed worker line longer than this is passed on in pieces.
 MAX_RELAY_LINE = 64 * 1024
@@ -284,7 +284,7 @@ class Supervisor(MultiService):
         relay_logs: bool = False,
         reuse_port: bool | None = None,
         policy: RestartPolicy = RestartPolicy(),
-        stop_timeout: float = STOP_TIMEOUT,
+        stop_timeout: float | None = None,
         environ: Mapping[str, str] | None = None,
         bind: Callable[[ListenSpec, bool], socket.socket] = bind_socket,
         publish: Callable[[dict[str, Any]], None] = globalLogPublisher,
@@ -296,7 +296,9 @@ class Supervisor(MultiService):
         self.command = list(command)
         self.relay_logs = relay_logs
         self.reuse_port = reuseport_balances() if reuse_port is None else reuse_port
-        self.stop_timeout = stop_timeout
+        self.stop_timeout = (
+            config.gateway.shutdown_grace + STOP_MARGIN if stop_timeout is None else stop_timeout
+        )
         self._environ = dict(os.environ if environ is None else environ)
         self._bind = bind
         self._publish = publish
@@ -534,7 +536,7 @@ class Supervisor(MultiService):
 
 __all__ = [
     "LogRelay",
-    "STOP_TIMEOUT",
+    "STOP_MARGIN",
     "Supervisor",
     "SupervisorState",
     "bind_socket",

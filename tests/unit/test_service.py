@@ -23,3 +23,43 @@ class HeapTests(SynchronousTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         self.assertGreater(gc.get_freeze_count(), 1000)
+
+
+class ShutdownTests(SynchronousTestCase):
+    """``shutdown_grace`` bounds how long a stop waits for requests in flight."""
+
+    def busy_service(self, grace: float) -> tuple[object, object, object]:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from gateway.service import GatewayService
+        from gateway.testing import simple_config
+
+        import gc
+
+        clock = MemoryReactorClock()
+        service = GatewayService(clock, simple_config(shutdown_grace=grace))
+        service.startService()
+        self.addCleanup(gc.unfreeze)
+        factory = service.factories[0]
+        protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # waits for an upstream
+        return clock, service, transport
+
+    def test_request_in_flight_kept_within_grace(self) -> None:
+        """Just before shutdown_grace, a busy connection is still open."""
+        clock, service, transport = self.busy_service(2.0)
+        service.stopService()
+        clock.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+
+    def test_request_cut_after_grace(self) -> None:
+        """Once shutdown_grace has passed, what is still busy is cut and the stop ends."""
+        clock, service, transport = self.busy_service(2.0)
+        stopped = service.stopService()
+        for _ in range(50):
+            clock.advance(0.05)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        self.successResultOf(stopped)
