@@ -8,11 +8,51 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from gateway import config
+#: Set while re-running under the checkout's virtualenv, so it happens once.
+_REEXEC_ENV = "GATEWAY_REEXEC"
+
+
+def _checkout_python() -> str | None:
+    """The ``.venv`` interpreter of the checkout this package runs from, if any.
+
+    README installs the gateway into ``.venv`` at the top of the checkout;
+    ``python3 -m gateway`` from there with a bare interpreter (no Twisted)
+    would otherwise fail on the first import.
+    """
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    venv = os.path.join(top, ".venv")
+    candidate = os.path.join(venv, "bin", "python")
+    # Compare environments, not binaries: a venv's python is a link to the base one.
+    if os.path.exists(candidate) and os.path.realpath(sys.prefix) != os.path.realpath(venv):
+        return candidate
+    return None
+
+
+def _ensure_twisted() -> None:
+    """Run under an interpreter that has the gateway's dependencies, or say how to get one."""
+    try:
+        import twisted.internet  # noqa: F401
+    except ImportError:
+        python = _checkout_python()
+        if python is not None and not os.environ.get(_REEXEC_ENV):
+            os.environ[_REEXEC_ENV] = "1"
+            os.execv(python, [python, "-m", "gateway", *sys.argv[1:]])
+        print(
+            "gateway needs its dependencies (Twisted, pyOpenSSL): install it first, "
+            "e.g. python3 -m venv .venv && .venv/bin/pip install .",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+
+
+_ensure_twisted()
+
+from gateway import config  # noqa: E402  (after the interpreter check above)
 
 
 def check(files: Sequence[str], out: TextIO, err: TextIO) -> int:

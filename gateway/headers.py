@@ -298,11 +298,7 @@ def request_headers(
         out.insert(0, (b"Host", host_override or host))
 
     peer = peer_ip.encode("ascii") if peer_ip else b"unknown"
-    if xff is None:
-        append((b"X-Forwarded-For", peer))
-    else:
-        xff.append(peer)
-        append((b"X-Forwarded-For", b", ".join(xff)))
+    append((b"X-Forwarded-For", _extended(xff, peer)))
     if not xfp_seen:
         append((b"X-Forwarded-Proto", proto))
     if not xfh_seen and host:
@@ -310,21 +306,24 @@ def request_headers(
 
     # RFC 7239 §4: Forwarded is a comma-separated list, one element per hop.
     element = forwarded_element(peer_ip, peer_port, proto, host, listener)
-    if fwd is None:
-        append((b"Forwarded", element))
-    else:
-        fwd.append(element)
-        append((b"Forwarded", b", ".join(fwd)))
+    append((b"Forwarded", _extended(fwd, element)))
 
     # RFC 9110 §7.6.3: "a proxy MUST send an appropriate Via header field ... in
     # each message that it forwards"; received-protocol omits "HTTP/".
-    ours = version + b" " + via
-    if via_in is None:
-        append((b"Via", ours))
-    else:
-        via_in.append(ours)
-        append((b"Via", b", ".join(via_in)))
+    append((b"Via", _extended(via_in, version + b" " + via)))
     return out
+
+
+def _extended(received: list[bytes] | None, ours: bytes) -> bytes:
+    """A hop-by-hop list field (Via, Forwarded, X-Forwarded-For) with our hop last.
+
+    RFC 9110 §5.3: several field lines of one list field are one comma-joined
+    value, so the received lines are joined and ours is appended.
+    """
+    if received is None:
+        return ours
+    received.append(ours)
+    return b", ".join(received)
 
 
 def forwarded_element(peer_ip: str, peer_port: int, proto: bytes, host: bytes, listener: bytes) -> bytes:
@@ -429,12 +428,7 @@ def response_headers(
         append((b"Server", server))
     if not dated:
         append((b"Date", date))
-    ours = version + b" " + via
-    if via_in is None:
-        append((b"Via", ours))
-    else:
-        via_in.append(ours)
-        append((b"Via", b", ".join(via_in)))
+    append((b"Via", _extended(via_in, version + b" " + via)))
     return out
 
 
