@@ -13,7 +13,7 @@ with :data:`~gateway.workers.WORKER_ENV` set.  It builds the same
   the supervisor loaded even if the file changed since;
 - :class:`SupervisorLink` logs ``worker N started (pid P)`` and stops the
   worker when the supervisor is gone (EOF on :data:`~gateway.workers.PARENT_FD`);
-- :func:`worker_log_observer` (twistd ``--logger``) labels every line ``worker=N``.
+- :func:`worker_log_observer` (twistd ``--logger`` via gateway.tap) labels every line ``worker=N``.
 
 Invariants: nothing here listens; the reactor is injected; a failure once
 running is logged, never raised into the reactor.
@@ -36,12 +36,12 @@ from twisted.logger import (
     LogEvent,
     Logger,
     jsonFileLogObserver,
-    textFileLogObserver,
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
+from gateway.logbuffer import BatchedLogObserver
 from gateway.workers import LOG_ENV, SOCKETS_ENV, WORKER_ENV, InheritedSocket, decode_sockets
 
 if TYPE_CHECKING:
@@ -221,14 +221,15 @@ def label(number: str, observer: ILogObserver) -> ILogObserver:
     return labelled
 
 
-def worker_log_observer() -> ILogObserver:
-    """twistd ``--logger`` for a worker: its stdout, labelled ``worker=N``.
+def worker_log_observer(reactor: Any) -> ILogObserver:
+    """A worker's log observer (twistd ``--logger`` via gateway.tap): its stdout, labelled ``worker=N``.
 
-    Classic text lines when stdout is the supervisor's own (one stream, written
-    directly); JSON events, one per line, when the supervisor relays them into
-    its log (it logs to a file, syslog or its own observer).
+    Classic text lines, access lines batched (:mod:`gateway.logbuffer`), when
+    stdout is the supervisor's own (one stream, written directly); JSON events,
+    one per line, when the supervisor relays them into its log (it logs to a
+    file, syslog or its own observer).
     """
     number = os.environ.get(WORKER_ENV, "?")
     if os.environ.get(LOG_ENV) == "json":
         return label(number, jsonFileLogObserver(sys.stdout))
-    return label(number, textFileLogObserver(sys.stdout))
+    return label(number, BatchedLogObserver(sys.stdout, reactor))

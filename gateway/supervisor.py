@@ -97,7 +97,7 @@ WORKER_MAIN = (
     "run()\n"
 )
 #: twistd's arguments for a worker: foreground, no pid file, labelled log.
-WORKER_ARGS = ("-n", "--pidfile=", "--logger=gateway.adoption.worker_log_observer", "gateway")
+WORKER_ARGS = ("-n", "--pidfile=", "--logger=gateway.tap.worker_log_observer", "gateway")
 
 #: How long a stopping worker gets beyond its own drain (``shutdown_grace``) before SIGKILL.
 STOP_MARGIN = 5.0

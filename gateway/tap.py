@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from gateway import config as configuration
 from gateway import workers
+from gateway.logbuffer import BatchedLogObserver
 
 
 def worker_option(text: str) -> int:
@@ -61,6 +63,11 @@ class Options(usage.Options):
             raise usage.UsageError("quick mode needs --listen and at least one --upstream")
         if self["cache"] is not None and not quick:
             raise usage.UsageError("--cache is a quick-mode option; in a file, set cache_dir")
+        twistd = getattr(self, "parent", None)
+        self["log_to_stdout"] = twistd is not None and logs_to_stdout(twistd)
+        if self["log_to_stdout"]:
+            # twistd resolves its "logger" option after our postOptions.
+            twistd["logger"] = f"{__name__}.{stdout_log_observer.__name__}"
 
 
 def load(options: Options) -> configuration.Config:
@@ -119,7 +126,7 @@ def makeService(options: Options) -> IService:
         config,
         count,
         worker_command(sys.executable),
-        relay_logs=not logs_to_stdout(getattr(options, "parent", None) or {}),
+        relay_logs=not options["log_to_stdout"],
     )
 
 
@@ -135,6 +142,26 @@ def logs_to_stdout(twistd: Mapping[str, Any]) -> bool:
         return False
     logfile = twistd.get("logfile")
     return logfile == "-" or (bool(twistd.get("nodaemon")) and not logfile)
+
+
+def stdout_log_observer() -> ILogObserver:
+    """The log observer for ``twistd -n gateway`` logging to stdout.
+
+    Twistd's own writes and flushes every event through its generic
+    formatter; this one batches access lines (:mod:`gateway.logbuffer`).
+    """
+    from twisted.internet import reactor
+
+    return BatchedLogObserver(sys.stdout, reactor)  # type: ignore[arg-type]
+
+
+def worker_log_observer() -> ILogObserver:
+    """twistd ``--logger`` for a worker (:func:`gateway.adoption.worker_log_observer`)."""
+    from twisted.internet import reactor
+
+    from gateway.adoption import worker_log_observer as observer
+
+    return observer(reactor)
 
 
 def _worker_service(reactor: Any, environ: Mapping[str, str]) -> IService:
