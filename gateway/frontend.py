@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from gateway import accesslog
 from gateway.chunked import ChunkedDecoder
+from gateway.deadline import Deadline
 from gateway.cache.flow import CacheExchange
 from gateway.cache.purge import handle_purge
 from gateway.errors import (
@@ -106,8 +107,10 @@ class ClientConnection(Protocol):
         self._body_remaining = 0
         self._body_received = 0
         self._decoder: ChunkedDecoder | None = None
-        self._timer: IDelayedCall | None = None
-        self._request_timer: IDelayedCall | None = None
+        #: timeout_idle, timeout_header or timeout_client, by state (see ConnState).
+        self._deadline = Deadline(self.reactor)
+        #: timeout_request: caps one whole exchange.
+        self._request_deadline = Deadline(self.reactor)
         self._in_data = False
 
     @property
@@ -121,7 +124,7 @@ class ClientConnection(Protocol):
         self.write, self.write_sequence = writer_for(self.transport)
         self.pauses = Pauses(self.transport.pauseProducing, self.transport.resumeProducing)
         self.peer_trusted = self.peer_ip in self.factory.runtime().trusted
-        self._arm(self._listener().timeout_idle, self._idle_timeout)
+        self._deadline.arm(self._listener().timeout_idle, self._idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         self._in_data = True
@@ -145,9 +148,8 @@ class ClientConnection(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.state = ConnState.CLOSED
-        self._cancel(self._timer)
-        self._cancel(self._request_timer)
-        self._timer = self._request_timer = None
+        self._deadline.stop()
+        self._request_deadline.stop()
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
             exchange.abandon()
@@ -173,7 +175,7 @@ class ClientConnection(Protocol):
             if end < 0:
                 if self.state is ConnState.IDLE:
                     self.state = ConnState.HEAD
-                    self._arm(listener.timeout_header, self._header_timeout)
+                    self._deadline.arm(listener.timeout_header, self._header_timeout)
                 try:
                     check_partial_head(buf, limits)
                 except ParseError as exc:
@@ -195,8 +197,7 @@ class ClientConnection(Protocol):
         self.state = ConnState.ACTIVE
         self._request = request
         self._started = self.reactor.seconds()
-        self._cancel(self._timer)
-        self._timer = None
+        self._deadline.disarm()
         limit = listener.max_body_size
         if limit and request.content_length > limit:
             self._reject(ParseError("Content-Length over max_body_size", 413), request)
@@ -237,9 +238,7 @@ class ClientConnection(Protocol):
             exchange = Exchange(self, request, path, host, route, backend, runtime)
         self._exchange = exchange
         if listener.timeout_request:
-            self._request_timer = self.reactor.callLater(
-                listener.timeout_request, self._request_timeout
-            )
+            self._request_deadline.arm(listener.timeout_request, self._request_timeout)
         exchange.start()
 
     def _redirect(self, request: Request, listener: ListenerConfig, runtime: Runtime) -> None:
@@ -294,14 +293,14 @@ class ClientConnection(Protocol):
             # RFC 9110 §10.1.1: the client waits for 100 before sending the body.
             self.write(CONTINUE)
         self.pauses.discard("pipeline")
-        self._arm(self._listener().timeout_client, self._client_timeout)
+        self._deadline.arm(self._listener().timeout_client, self._client_timeout)
         if buf:
             self._feed_body(buf)
 
     def _feed_body(self, data: bytes) -> None:
         exchange = self._exchange
         assert exchange is not None
-        self._arm(self._listener().timeout_client, self._client_timeout)
+        self._deadline.arm(self._listener().timeout_client, self._client_timeout)
         remaining = self._body_remaining
         if remaining > 0:
             if len(data) < remaining:
@@ -335,8 +334,7 @@ class ClientConnection(Protocol):
         self._body_open = False
         self._decoder = None
         self._buf = rest
-        self._cancel(self._timer)
-        self._timer = None
+        self._deadline.disarm()
         exchange = self._exchange
         if exchange is not None:
             exchange.request_body_end()
@@ -445,21 +443,17 @@ class ClientConnection(Protocol):
     # -- timers ------------------------------------------------------------------------
 
     def _idle_timeout(self) -> None:
-        self._timer = None
         self.state = ConnState.CLOSING
         self.transport.loseConnection()
 
     def _header_timeout(self) -> None:
-        self._timer = None
         self._reject(RequestTimeout("request head not received within timeout_header"), None)
 
     def _client_timeout(self) -> None:
         """The client stopped sending its body or stopped reading our answer."""
-        self._timer = None
         self._give_up(RequestTimeout("client stalled past timeout_client"))
 
     def _request_timeout(self) -> None:
-        self._request_timer = None
         self._give_up(GatewayTimeout("timeout_request reached"))
 
     def _give_up(self, error: GatewayError) -> None:
@@ -480,13 +474,12 @@ class ClientConnection(Protocol):
 
     def client_write_blocked(self) -> None:
         """The client's socket buffer is full: start its inactivity clock."""
-        self._arm(self._listener().timeout_client, self._client_timeout)
+        self._deadline.arm(self._listener().timeout_client, self._client_timeout)
 
     def client_write_unblocked(self) -> None:
         """The client is reading again."""
         if not self._body_open:
-            self._cancel(self._timer)
-            self._timer = None
+            self._deadline.disarm()
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -501,7 +494,7 @@ class ClientConnection(Protocol):
         self.state = ConnState.IDLE
         self._request = None
         self.pauses.discard("pipeline")
-        self._arm(self._listener().timeout_idle, self._idle_timeout)
+        self._deadline.arm(self._listener().timeout_idle, self._idle_timeout)
         if self._buf:
             if self._in_data:
                 self._read_heads()
@@ -525,27 +518,11 @@ class ClientConnection(Protocol):
         return self._body_remaining
 
     def _end_request(self) -> None:
-        self._cancel(self._request_timer)
-        self._request_timer = None
-        self._cancel(self._timer)
-        self._timer = None
+        self._request_deadline.disarm()
+        self._deadline.disarm()
 
     def _listener(self) -> ListenerConfig:
         return self.factory.runtime().listeners[self.factory.listener_name]
-
-    def _arm(self, seconds: float, call: Callable[[], None]) -> None:
-        timer = self._timer
-        if timer is not None and timer.active():
-            if timer.func == call:  # type: ignore[attr-defined]
-                timer.reset(seconds)
-                return
-            timer.cancel()
-        self._timer = self.reactor.callLater(seconds, call)
-
-    @staticmethod
-    def _cancel(timer: IDelayedCall | None) -> None:
-        if timer is not None and timer.active():
-            timer.cancel()
 
     def _log(self, exchange: Exchange, status: int, note: str | None = None) -> None:
         """The access line, preceded by a note on what went wrong, if anything did.

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.chunked import ChunkedDecoder
+from gateway.deadline import Deadline
 from gateway.errors import (
     BadGateway,
     ConnectFailed,
@@ -93,7 +94,8 @@ class UpstreamConnection(Protocol):
         self._decoder: ChunkedDecoder | None = None
         self._request_done = False
         self._received_any = False
-        self._timer: IDelayedCall | None = None
+        #: timeout_response, timeout_read or pool_idle_timeout, by state.
+        self._deadline = Deadline(pool.reactor)
 
     # -- Twisted callbacks ---------------------------------------------------
 
@@ -105,7 +107,7 @@ class UpstreamConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         state = self.state
         if state is State.RECEIVING:
-            self._arm(self.pool.backend.timeout_read, self._read_timeout)
+            self._deadline.arm(self.pool.backend.timeout_read, self._read_timeout)
             self._body(data)
         elif state is State.WAITING:
             self._received_any = True
@@ -119,7 +121,7 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         state = self.state
         self.state = State.CLOSED
-        self._cancel_timer()
+        self._deadline.stop()
         sink, self.sink = self.sink, None
         self.pool.lost(self, was_idle=state is State.IDLE)
         if sink is None:
@@ -144,13 +146,13 @@ class UpstreamConnection(Protocol):
         self._buf = b""
         self._request_done = False
         self._received_any = False
-        self._cancel_timer()
+        self._deadline.disarm()
 
     def request_end(self) -> None:
         """The whole request has been written; now wait for the response head."""
         self._request_done = True
         if self.state is State.WAITING:
-            self._arm(self.pool.backend.timeout_response, self._response_timeout)
+            self._deadline.arm(self.pool.backend.timeout_response, self._response_timeout)
 
     def abandon(self) -> None:
         """The exchange gives up (client gone, timeout): drop the connection."""
@@ -165,12 +167,12 @@ class UpstreamConnection(Protocol):
 
     def pause_reading(self) -> None:
         """The client is slow: stop reading and stop blaming the upstream for it."""
-        self._cancel_timer()
+        self._deadline.disarm()
 
     def resume_reading(self) -> None:
         """The client drained: resume the read-inactivity clock."""
         if self.state is State.RECEIVING:
-            self._arm(self.pool.backend.timeout_read, self._read_timeout)
+            self._deadline.arm(self.pool.backend.timeout_read, self._read_timeout)
 
     # -- response parsing ------------------------------------------------------
 
@@ -203,7 +205,7 @@ class UpstreamConnection(Protocol):
         self._remaining = response.content_length
         self._decoder = ChunkedDecoder() if response.chunked else None
         self._keep_alive = response.keep_alive
-        self._arm(self.pool.backend.timeout_read, self._read_timeout)
+        self._deadline.arm(self.pool.backend.timeout_read, self._read_timeout)
         sink = self.sink
         assert sink is not None
         sink.response_head(response)
@@ -251,7 +253,7 @@ class UpstreamConnection(Protocol):
     def _finish(self, leftover: bytes) -> None:
         """The response is complete: report it, then pool or close the connection."""
         sink, self.sink = self.sink, None
-        self._cancel_timer()
+        self._deadline.disarm()
         reusable = self._keep_alive and self._request_done and not leftover
         if reusable:
             self.state = State.IDLE
@@ -282,11 +284,9 @@ class UpstreamConnection(Protocol):
             sink.upstream_failed(error, before_response=False)
 
     def _response_timeout(self) -> None:
-        self._timer = None
         self._time_out("no response head within timeout_response")
 
     def _read_timeout(self) -> None:
-        self._timer = None
         self._time_out("no response data within timeout_read")
 
     def _time_out(self, why: str) -> None:
@@ -296,27 +296,11 @@ class UpstreamConnection(Protocol):
             sink.upstream_failed(GatewayTimeout(why), before_response=False)
 
     def _idle_timeout(self) -> None:
-        self._timer = None
         self.transport.loseConnection()
 
     def arm_idle(self) -> None:
         """Start the keep-alive idle clock (the pool calls this)."""
-        self._arm(self.pool.backend.pool_idle_timeout, self._idle_timeout)
-
-    def _arm(self, seconds: float, call: object) -> None:
-        timer = self._timer
-        if timer is not None and timer.active():
-            if getattr(timer, "func", None) == call:
-                timer.reset(seconds)
-                return
-            timer.cancel()
-        self._timer = self.pool.reactor.callLater(seconds, call)  # type: ignore[arg-type]
-
-    def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
+        self._deadline.arm(self.pool.backend.pool_idle_timeout, self._idle_timeout)
 
 class _Attempt(ClientFactory):
     """One connect attempt for one waiting exchange (the pool's bookkeeping)."""
@@ -373,7 +357,6 @@ class ServerPool:
         while self.idle:
             conn = self.idle.pop()  # LIFO: the warmest connection, the others may idle out
             if conn.state is State.IDLE:
-                conn._cancel_timer()
                 sink.upstream_ready(conn)
                 return
         if self.open < self.backend.pool_max_conns:
