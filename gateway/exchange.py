@@ -621,6 +621,7 @@ class Exchange:
             host_override=host_override,
             listener=client.listener_name,
             strip=client.subject_header[0],
+            forwarded=client.forwarded_element(self.host),
         )
         subject = client.client_subject
         if subject is not None and client.subject_header[0]:

@@ -29,6 +29,7 @@ from zope.interface import implementer
 from gateway import accesslog
 from gateway.chunked import ChunkedDecoder
 from gateway.deadline import Deadline
+from gateway.headers import forwarded_element
 from gateway.cache.flow import CacheExchange
 from gateway.cache.purge import handle_purge
 from gateway.errors import (
@@ -112,11 +113,21 @@ class ClientConnection(Protocol):
         #: timeout_request: caps one whole exchange.
         self._request_deadline = Deadline(self.reactor)
         self._in_data = False
+        self._forwarded: tuple[bytes, bytes] = (b"", b"")
 
     @property
     def accepting(self) -> bool:
         """False once the service is shutting down: answers then close the connection."""
         return self.factory.accepting
+
+    def forwarded_element(self, host: bytes) -> bytes:
+        """Our RFC 7239 Forwarded element for a request to ``host``, kept per connection."""
+        known_host, element = self._forwarded
+        if element and known_host == host:
+            return element
+        element = forwarded_element(self.peer_ip, self.peer_port, self.proto, host, self.listener_name)
+        self._forwarded = (host, element)
+        return element
 
     # -- Twisted callbacks ---------------------------------------------------
 

@@ -178,6 +178,7 @@ def request_headers(
     host_override: bytes | None,
     listener: bytes,
     strip: bytes = b"",
+    forwarded: bytes = b"",
 ) -> list[tuple[bytes, bytes]]:
     """The header list to send upstream for a client request with ``headers``.
 
@@ -192,7 +193,9 @@ def request_headers(
     ``listener``: the listener's name, sent as Forwarded ``by=_name``; b"" omits it.
     ``strip``: a lower-cased field name the gateway itself vouches for (the
     verified client-certificate subject): incoming copies are dropped so no
-    client can forge it; b"" drops nothing.
+    client can forge it; b"" drops nothing. ``forwarded``: our Forwarded element
+    when the caller already has it (a connection keeps it across its requests);
+    b"" computes it from the arguments above.
 
     Rules, in one pass:
 
@@ -305,7 +308,7 @@ def request_headers(
         append((b"X-Forwarded-Host", host))
 
     # RFC 7239 §4: Forwarded is a comma-separated list, one element per hop.
-    element = forwarded_element(peer_ip, peer_port, proto, host, listener)
+    element = forwarded or forwarded_element(peer_ip, peer_port, proto, host, listener)
     append((b"Forwarded", _extended(fwd, element)))
 
     # RFC 9110 §7.6.3: "a proxy MUST send an appropriate Via header field ... in

@@ -46,11 +46,11 @@ def spoolable(headers: Headers) -> tuple[bool, Headers]:
     allowed = True
     strip = False
     for name, value in headers:
-        lower = name.lower()
-        if lower == b"content-type":
+        size = len(name)  # most names can be told apart by length alone
+        if size == 12 and name.lower() == b"content-type":
             if value.split(b";", 1)[0].strip().lower() == _EVENT_STREAM:
                 allowed = False
-        elif lower == b"x-accel-buffering":
+        elif size == 17 and name.lower() == b"x-accel-buffering":
             strip = True
             if value.strip().lower() == b"no":
                 allowed = False

@@ -61,6 +61,19 @@ class ForwardingTests(SynchronousTestCase):
         origin.send(OK)
         self.assertIn(b"hello", client.received())
 
+    def test_forwarded_follows_host_on_one_connection(self) -> None:
+        """The Forwarded element a connection keeps is redone when the Host changes."""
+        h = Harness(simple_config(servers=1))
+        client = h.client()
+        origin = None
+        for host in (b"a.example", b"a.example", b"b.example"):
+            client.send(b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            origin = origin or h.upstream()
+            sent = origin.received()
+            self.assertIn(b";host=" + host + b";", sent)
+            origin.send(OK)
+            client.received()
+
     def test_chunked_response_rechunked(self) -> None:
         """A chunked upstream body reaches a 1.1 client chunked, ending with 0 CRLF CRLF."""
         h = Harness()
