@@ -153,6 +153,9 @@ class Exchange:
         self._body_done = not (request.chunked or request.content_length > 0)
         self._sent_at = 0.0
         self._framing = _Framing.RAW
+        self._producer_due = False
+        #: Whether our producer is registered on the client transport.
+        self._client_producer = False
         self._keep_alive = False
         self._pending_head: bytes | None = None
         self._spoolable = False
@@ -300,13 +303,10 @@ class Exchange:
         if self._taken:
             self._pending_head = None
             return
-        conn = self._upstream
-        if self._framing is not _Framing.NONE and conn is not None:
-            assert conn.pauses is not None
-            producer = ReasonProducer(conn.pauses, "client-full", self._client_stopped)
-            producer.on_pause = self._client_blocked
-            producer.on_resume = self._client_unblocked
-            client.transport.registerProducer(producer, True)
+        # Backpressure from the client is wired only if the response outlasts
+        # the read that carried its head (response_flush): most small ones
+        # end within it, and one read's worth is all that can queue before.
+        self._producer_due = self._framing is not _Framing.NONE
 
     def response_data(self, data: bytes) -> None:
         """Pass a piece of the response body on, framed for the client."""
@@ -339,12 +339,25 @@ class Exchange:
         self.client.write_sequence(pieces)
 
     def response_flush(self) -> None:
-        """The upstream read that carried the head is done: send a head still held."""
+        """The read that carried the head is done and the response goes on.
+
+        Sends a head still held, and from now on lets a full client socket
+        pause the upstream (or start the spool).
+        """
         head = self._pending_head
         if head is not None:
             self._pending_head = None
             self.responding = True
             self.client.write(head)
+        conn = self._upstream
+        if self._producer_due and conn is not None and self._spooled is None:
+            self._producer_due = False
+            self._client_producer = True
+            assert conn.pauses is not None
+            producer = ReasonProducer(conn.pauses, "client-full", self._client_stopped)
+            producer.on_pause = self._client_blocked
+            producer.on_resume = self._client_unblocked
+            self.client.transport.registerProducer(producer, True)
 
     def response_end(self) -> None:
         """The response is complete: release everything and tell the front end."""
@@ -374,7 +387,8 @@ class Exchange:
             client.write_sequence(tail)
         elif self._framing is _Framing.CHUNKED:
             client.write(LAST_CHUNK)
-        if self._framing is not _Framing.NONE:
+        if self._client_producer:
+            self._client_producer = False
             client.transport.unregisterProducer()
         self._upstream = None
         self._release()
@@ -536,6 +550,7 @@ class Exchange:
             self._spoolable = False
             return False
         client = self.client
+        self._client_producer = False
         client.transport.unregisterProducer()
         assert conn.pauses is not None
         conn.pauses.discard("client-full")
