@@ -65,7 +65,32 @@ _REQUEST_RULED: frozenset[bytes] = frozenset(
         b"content-length",
     }
 )
-_RESPONSE_RULED: frozenset[bytes] = frozenset({b"server", b"via", b"date", b"content-length"})
+
+# What response_headers does with a field, by name: ordinary fields pass, the
+# ruled ones are handled, hop-by-hop ones dropped. Names as received are
+# remembered (a pure memo: the answer depends on the name alone), so the usual
+# upstream's few dozen spellings cost one dict probe each; the memo stops
+# growing at _KIND_MEMO_LIMIT names, since upstreams choose them.
+_PASS, _LENGTH, _SERVER, _DATE, _VIA, _DROP = range(6)
+_RESPONSE_RULED: dict[bytes, int] = {
+    b"content-length": _LENGTH,
+    b"server": _SERVER,
+    b"date": _DATE,
+    b"via": _VIA,
+}
+_KIND_MEMO_LIMIT = 1024
+_response_kinds: dict[bytes, int] = {}
+
+
+def _response_kind(name: bytes) -> int:
+    """How response_headers treats a field named ``name`` (memoized, bounded)."""
+    lower = name.lower()
+    kind = _RESPONSE_RULED.get(lower)
+    if kind is None:
+        kind = _DROP if lower in HOP_BY_HOP or lower.startswith(_PROXY_PREFIX) else _PASS
+    if len(_response_kinds) < _KIND_MEMO_LIMIT:
+        _response_kinds[name] = kind
+    return kind
 
 
 def _one_length(name: bytes, value: bytes) -> tuple[bytes, bytes]:
@@ -402,30 +427,34 @@ def response_headers(
     dated = False
     length_seen = False
 
+    kinds = _response_kinds
     for pair in headers:
-        name = pair[0].lower()
-        if name in _RESPONSE_RULED:
-            if name == b"content-length":
-                if not length_seen:
-                    length_seen = True
-                    append(_one_length(*pair))
-            elif name == b"server":
-                if not server_done:
-                    server_done = True
-                    append((b"Server", server))
-            elif name == b"date":
-                dated = True
+        name = pair[0]
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _response_kind(name)
+        if kind == _PASS:
+            # RFC 9110 §7.6.1: fields named in Connection are hop-by-hop too.
+            if not connection or name.lower() not in connection:
                 append(pair)
-            elif pair[1] and name not in connection:
+        elif kind == _LENGTH:
+            if not length_seen:
+                length_seen = True
+                append(_one_length(*pair))
+        elif kind == _SERVER:
+            if not server_done:
+                server_done = True
+                append((b"Server", server))
+        elif kind == _DATE:
+            dated = True
+            append(pair)
+        elif kind == _VIA:
+            if pair[1] and (not connection or name.lower() not in connection):
                 if via_in is None:
                     via_in = [pair[1]]
                 else:
                     via_in.append(pair[1])
-            continue
-        # RFC 9110 §7.6.1: hop-by-hop fields and Connection-listed fields stop here.
-        if name in HOP_BY_HOP or name in connection or name.startswith(_PROXY_PREFIX):
-            continue
-        append(pair)
+        # _DROP: RFC 9110 §7.6.1 hop-by-hop fields stop here.
 
     if not server_done:
         append((b"Server", server))
