@@ -296,7 +296,6 @@ class Exchange:
         lease = self._lease
         if lease is not None:
             self.backend.health.report(lease.server, "ok" if status < 500 else f"status:{status}")
-        client = self.client
         # Held until the first body bytes or the end of this read, so that head
         # and body leave in one vectored send (see response_flush).
         self._pending_head = self._response_head(response)

@@ -54,7 +54,6 @@ from gateway.service import listen_service
 from gateway.tlsreload import install_sighup
 from gateway.workers import (
     CONFIG_FD,
-    COUNT_ENV,
     FIRST_SOCKET_FD,
     LOG_ENV,
     PARENT_FD,
@@ -393,7 +392,6 @@ class Supervisor(MultiService):
         return {
             **self._environ,
             WORKER_ENV: str(slot.number),
-            COUNT_ENV: str(self.count),
             SOCKETS_ENV: encode_sockets(inherited),
             LOG_ENV: "json" if self.relay_logs else "text",
         }

@@ -172,8 +172,6 @@ def _worker_service(reactor: Any, environ: Mapping[str, str]) -> IService:
     setup = worker_setup(environ)
     assert setup is not None
     config = read_config(workers.CONFIG_FD)
-    count = int(environ.get(workers.COUNT_ENV, "1"))
-    config = workers.worker_cache(config, setup.number, count)
     service = GatewayService(reactor, config, sockets=setup.sockets)
     SupervisorLink(reactor, setup.number, workers.PARENT_FD, reactor.stop).setServiceParent(service)
     return service

@@ -23,16 +23,16 @@ files named in the string, as the configuration check already did).
 
 from __future__ import annotations
 
-import os
-
 import socket
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import serverFromString
+
+from gateway.compat import SLOTS
 
 if TYPE_CHECKING:
     from gateway.config import Config, ListenerConfig
@@ -53,8 +53,6 @@ SOCKETS_ENV = "GATEWAY_SOCKETS"
 #: ``text``: log classic lines to the inherited stdout; ``json``: log events for
 #: the supervisor to relay (when its own log is not stdout).
 LOG_ENV = "GATEWAY_WORKER_LOG"
-#: How many workers the supervisor runs (a worker's share of per-process bounds).
-COUNT_ENV = "GATEWAY_WORKERS"
 
 #: Descriptors in a worker: the pickled :class:`~gateway.config.Config` (read to
 #: EOF at start), a pipe whose EOF means the supervisor is gone, then sockets.
@@ -76,7 +74,7 @@ def worker_count(configured: int, cpu_count: int | None) -> int:
     return max(1, min(cpu_count or 1, MAX_WORKERS))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class ListenSpec:
     """The listening socket an endpoint string asks for.
 
@@ -163,32 +161,12 @@ def unshareable(config: Config) -> tuple[ListenerConfig, ...]:
     return tuple(lst for lst in config.listeners if listen_spec(lst.bind) is None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class InheritedSocket:
     """A listening socket a worker inherited: its descriptor there and its address family."""
 
     fd: int
     family: int
-
-
-def worker_cache(config: Config, number: int, count: int) -> Config:
-    """``config`` for worker ``number`` of ``count``: its own slice of the disk cache.
-
-    The cache's index lives in each process, so workers sharing one directory
-    would not see each other's entries and would evict each other's files.
-    Until the index is shared, each worker keeps ``cache_dir/worker-N`` and
-    ``cache_max_size / count`` of the disk, so the total still holds.
-    """
-    settings = config.gateway
-    if not settings.cache_dir or count <= 1:
-        return config
-    share = max(settings.cache_max_size // count, settings.cache_max_object)
-    gateway = replace(
-        settings,
-        cache_dir=os.path.join(settings.cache_dir, f"worker-{number}"),
-        cache_max_size=share,
-    )
-    return replace(config, gateway=gateway)
 
 
 def encode_sockets(sockets: Mapping[str, InheritedSocket]) -> str:
@@ -210,7 +188,7 @@ def decode_sockets(text: str) -> dict[str, InheritedSocket]:
     return sockets
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class RestartPolicy:
     """How soon a dead worker is started again.
 
@@ -228,7 +206,7 @@ class RestartPolicy:
     window: float = 60.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Restart:
     """One decision: wait ``delay`` seconds; ``attempt`` in a row; ``capped`` by the window."""
 

@@ -22,6 +22,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from gateway.compat import SLOTS
 from gateway.bodystore import Abort, BodyProducer, BodyStoreError, FileRange, Flow
 from gateway.cache.fields import without
 from gateway.cache.policy import with_age
@@ -45,7 +46,7 @@ _REFRAMED = (b"content-length", b"content-range", b"age", b"transfer-encoding", 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Framing:
     """What the answer's head needs besides the stored entry: this hop's fields.
 
@@ -66,7 +67,7 @@ class Framing:
     extra_304: tuple[bytes, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Answer:
     """A planned answer: ``head`` to write, then stored body bytes ``[first, first + length)``."""
 

@@ -21,17 +21,27 @@ Invariants:
   inconsistency raises :class:`CorruptEntry`.
 - :class:`EntryInfo` is what the store's index keeps per entry (no headers);
   :class:`Entry` is an opened, validated entry with its file.
+- Several processes may use one entry file at once: one updating it in place
+  holds an exclusive ``flock`` on it, and :func:`read_entry_file` rereads
+  under a shared lock before calling a file corrupt, so a torn read is never
+  taken for corruption; :func:`unlink_entry` removes a file only if it still
+  holds the entry meant, not a newer one another process put there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from twisted.logger import Logger
 
 from gateway.cache.keys import secondary_key
+from gateway.compat import SLOTS
 from gateway.parser import Headers
 
 __all__ = [
@@ -41,10 +51,14 @@ __all__ = [
     "Entry",
     "EntryInfo",
     "EntryMeta",
+    "EntryRead",
     "entry_name",
     "decode_meta",
     "encode_meta",
     "pack_header",
+    "read_entry_file",
+    "remove_file",
+    "unlink_entry",
     "unpack_header",
 ]
 
@@ -57,6 +71,10 @@ HEADER_SIZE = _HEAD.size + _HEAD_CRC.size  # 36
 #: the parser's limits); a larger length in a header means corruption.
 MAX_META_SIZE = 4 * 1024 * 1024
 
+#: Opening entry files: never through a symlink; not inherited by children.
+OPEN_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+OPEN_UPDATE = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
 _FIXED = struct.Struct(">HdddIIHHHH")
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -68,7 +86,7 @@ class CorruptEntry(Exception):
     """An entry file failed validation; it is dropped and counted as a miss."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class EntryMeta:
     """Everything stored about a response besides its body.
 
@@ -216,8 +234,9 @@ def entry_name(key: bytes, secondary: bytes) -> str:
 class EntryInfo:
     """What the index knows about one committed entry (no headers: those stay on disk)."""
 
-    __slots__ = ("name", "key", "secondary", "vary_names", "vary_values", "size", "body_length",
-                 "status", "response_time", "keep_until", "last_access", "entry_id", "surrogate_keys")  # fmt: skip
+    __slots__ = ("name", "key", "secondary", "vary_names", "vary_values", "size", "body_length", "status",
+                 "request_time", "response_time", "keep_until", "last_access", "entry_id",
+                 "surrogate_keys")  # fmt: skip
 
     def __init__(
         self, name: str, meta: EntryMeta, size: int, body_length: int, entry_id: int, last_access: float
@@ -230,6 +249,7 @@ class EntryInfo:
         self.size = size
         self.body_length = body_length
         self.status = meta.status
+        self.request_time = meta.request_time
         self.response_time = meta.response_time
         self.keep_until = meta.keep_until
         self.last_access = last_access
@@ -270,3 +290,77 @@ class Entry:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EntryRead(NamedTuple):
+    """What an entry file holds, read and validated (:func:`read_entry_file`)."""
+
+    meta: EntryMeta
+    body_length: int
+    entry_id: int
+    size: int
+
+
+def _read(fd: int) -> EntryRead:
+    size = os.fstat(fd).st_size
+    body_length, meta_length, meta_crc, entry_id = unpack_header(os.pread(fd, HEADER_SIZE, 0))
+    if size != HEADER_SIZE + body_length + meta_length:
+        raise CorruptEntry(f"file is {size} bytes, header says {HEADER_SIZE + body_length + meta_length}")
+    encoded = os.pread(fd, meta_length, HEADER_SIZE + body_length)
+    if len(encoded) != meta_length or zlib.crc32(encoded) != meta_crc:
+        raise CorruptEntry("metadata checksum mismatch")
+    return EntryRead(decode_meta(encoded), body_length, entry_id, size)
+
+
+def read_entry_file(fd: int, *, locked: bool = False) -> EntryRead:
+    """Read and validate the open entry file ``fd``; raises :class:`CorruptEntry` or ``OSError``.
+
+    A file that fails is read once more under a shared ``flock``: another
+    process may be updating it in place under its exclusive one, and waiting
+    for that tells a torn read from a corrupt file. ``locked``: the caller
+    holds the exclusive lock already (it is the updater), so one read decides.
+    """
+    try:
+        return _read(fd)
+    except CorruptEntry:
+        if locked:
+            raise
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        return _read(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def remove_file(path: str) -> None:
+    """Unlink ``path``; already gone is fine, other failures are logged."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        Logger().warn("cache: cannot remove {path}: {error}", path=path, error=exc)
+
+
+def unlink_entry(path: str, entry_id: int) -> None:
+    """Remove the entry file at ``path`` unless it now holds another entry than ``entry_id``.
+
+    Another process sharing the directory may have replaced the entry since
+    the caller learnt of it; that newer file stays. A file whose header can't
+    be read is no valid entry and goes.
+    """
+    try:
+        fd = os.open(path, OPEN_READ)
+    except FileNotFoundError:
+        return
+    except OSError:
+        remove_file(path)
+        return
+    try:
+        found = unpack_header(os.pread(fd, HEADER_SIZE, 0))[3]
+    except (OSError, CorruptEntry):
+        found = entry_id
+    finally:
+        os.close(fd)
+    if found == entry_id:
+        remove_file(path)

@@ -10,7 +10,7 @@ released at the head, not after the body.
 Invariants:
 
 - The body goes to disk chunk by chunk as it arrives (an
-  :class:`~gateway.cache.store.EntryWriter`); nothing is kept in memory. A
+  :class:`~gateway.cache.writer.EntryWriter`); nothing is kept in memory. A
   write that fails or passes ``cache_max_object`` only stops the storing
   (the writer removes its temporary file); the client's response goes on.
 - An entry becomes visible only on :meth:`Intake.end` (commit: rename into
@@ -25,6 +25,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.compat import SLOTS
 from gateway.cache.collapse import Outcome
 from gateway.cache.entry import EntryMeta
 from gateway.cache.fields import has_field
@@ -37,8 +38,8 @@ from gateway.cache.policy import (
     retention,
     store_refusal,
 )
-from gateway.cache.store import WriterState
 from gateway.cache.validation import freshen, head_matches, select_for_update
+from gateway.cache.writer import WriterState
 from gateway.httpdate import http_date
 from gateway.parser import Request
 
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from gateway.cache.entry import EntryInfo
     from gateway.cache.route import RoutePolicy
     from gateway.cache.shared import SharedCache
-    from gateway.cache.store import EntryWriter
+    from gateway.cache.writer import EntryWriter
     from gateway.parser import Headers, Response
 
 __all__ = ["Intake", "Stored", "Took", "rebuilt_request"]
@@ -77,7 +78,7 @@ class Took(enum.Enum):
     CHECKED = "checked"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Stored:
     """The stored entry a revalidation is for: its index info, its head and its freshness."""
 

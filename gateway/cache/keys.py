@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from gateway.compat import SLOTS
 from gateway.cache.fields import field_values, list_members
 from gateway.parser import Headers
 
@@ -70,7 +71,7 @@ def _host(scheme: bytes, host: bytes) -> bytes:
     return host
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class KeyRules:
     """How one route turns requests into primary keys.
 

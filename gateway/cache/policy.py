@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from gateway.compat import SLOTS
 from gateway.cache.directives import (
     CDN_CACHE_CONTROL,
     INVALID,
@@ -83,7 +84,7 @@ ERROR_STATUSES = frozenset({500, 502, 503, 504})
 _NEVER_STORED = frozenset({206, 304, 407})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class CacheRules:
     """The knobs of the cache rules for one route.
 
@@ -307,7 +308,7 @@ def _age_header(headers: Headers) -> float:
     return float(seconds)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Freshness:
     """What decides the reuse of one stored response, computed once from its head.
 
@@ -393,7 +394,7 @@ def freshness(
 # --- reuse (RFC 9111 §4, §5.2.1) ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class RequestControl:
     """The request's cache directives (RFC 9111 §5.2.1).
 
@@ -460,7 +461,7 @@ class Use(enum.Enum):
     REVALIDATE = "revalidate"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Verdict:
     """The decision for one request, with the stored response's current ``age`` and ``ttl``."""
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
+from gateway.compat import SLOTS
 from gateway.cache.keys import KeyRules, cache_key
 from gateway.headers import serialize_head
 from gateway.httpdate import http_date
@@ -67,7 +68,7 @@ def purge_response(count: int, *, server: bytes, date: bytes, keep_alive: bool, 
     return head if head_only else head + body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Purged:
     """A PURGE done: the ``answer`` to write, its body's length, and whether the connection stays."""
 

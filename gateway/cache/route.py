@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.compat import SLOTS
 from gateway.cache.keys import KeyRules
 from gateway.cache.policy import CacheRules, target_list
 from gateway.cache.status import Forward, cache_status
@@ -19,7 +20,7 @@ from gateway.config import GatewaySettings, RouteConfig
 __all__ = ["RoutePolicy", "route_policy"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class RoutePolicy:
     """How one route caches.
 

@@ -5,17 +5,24 @@ A :class:`SharedCache` belongs to the process, not to one configuration: the
 predecessor's when ``cache_dir`` is unchanged (bounds and fsync are updated in
 place), so entries, collapsing and in-flight revalidations survive reloads.
 
+The directory may be shared with other processes (every worker of a
+multi-process gateway uses the same ``cache_dir``): the store tells and learns
+changes through the directory's journal, and :class:`~gateway.cache.peers.Peers`
+reads it on a tick and runs the janitor if this process holds the janitor
+lock. What stays per process: the index and its LRU order, the fills in
+progress (collapsing holds within a process) and background revalidations.
+
 Invariants:
 
 - Building one touches no disk. :meth:`SharedCache.start` loads the index
-  (sweeping temporary files) and starts the janitor on the injected clock;
-  :meth:`SharedCache.stop` stops the janitor. ``start`` after ``stop`` starts
-  the janitor again without reloading.
+  (sweeping stale temporary files) and starts the journal and janitor ticks
+  on the injected clock; :meth:`SharedCache.stop` stops them and gives up the
+  janitor lock. ``start`` after ``stop`` starts them again without reloading.
 - A directory that can't be used (permissions, not a directory) is logged
   at start and leaves the cache ``BROKEN``: caching routes then forward
   every request without storing (``Cache-Status: ...; fwd=bypass``); the
   gateway keeps serving.
-- At most one background revalidation runs per primary key
+- At most one background revalidation runs per primary key in this process
   (:meth:`SharedCache.claim_refresh`).
 """
 
@@ -26,10 +33,11 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.cache.collapse import FillTable
+from gateway.cache.journal import JOURNAL_NAME, Journal
+from gateway.cache.peers import LOCK_NAME, JanitorLock, Peers, Role
 from gateway.cache.store import DiskStore
 from gateway.configvalues import show_size
 
@@ -38,21 +46,18 @@ if TYPE_CHECKING:
 
     from gateway.config import GatewaySettings
 
-__all__ = ["JANITOR_INTERVAL", "CacheState", "SharedCache"]
+__all__ = ["CacheState", "SharedCache"]
 
 log = Logger()
-
-#: Seconds between two janitor runs (each removes at most 1000 entries).
-JANITOR_INTERVAL = 1.0
 
 
 class CacheState(enum.Enum):
     """States of :class:`SharedCache`.
 
     - NEW: built; nothing on disk touched; requests bypass the cache.
-    - READY: index loaded; the janitor runs; requests use the cache.
+    - READY: index loaded; the journal and janitor ticks run; requests use the cache.
     - BROKEN: the directory could not be used; requests bypass the cache.
-    - STOPPED: the janitor stopped (process stopping, or a reload that
+    - STOPPED: the ticks stopped (process stopping, or a reload that
       dropped or moved ``cache_dir``); requests already using it finish.
     """
 
@@ -63,22 +68,25 @@ class CacheState(enum.Enum):
 
 
 class SharedCache:
-    """The store for ``[gateway] cache_dir`` and the state shared by every caching route."""
+    """The store for ``[gateway] cache_dir`` and the state shared by every caching route of this process."""
 
     def __init__(self, clock: IReactorTime, settings: GatewaySettings) -> None:
         self.clock = clock
+        directory = os.path.abspath(settings.cache_dir)
+        journal = Journal(os.path.join(directory, JOURNAL_NAME))
         self.store = DiskStore(
-            settings.cache_dir,
+            directory,
             clock,
             max_size=settings.cache_max_size,
             max_object_size=settings.cache_max_object,
             fsync=settings.cache_fsync,
+            journal=journal,
         )
+        self.peers = Peers(clock, self.store, journal, JanitorLock(os.path.join(directory, LOCK_NAME)))
         self.fills = FillTable(clock)
         self.state = CacheState.NEW
         self._loaded = False
         self._refreshing: set[bytes] = set()
-        self._janitor: LoopingCall | None = None
 
     @property
     def ready(self) -> bool:
@@ -90,16 +98,16 @@ class SharedCache:
         return bool(settings.cache_dir) and self.store.directory == os.path.abspath(settings.cache_dir)
 
     def configure(self, settings: GatewaySettings) -> None:
-        """Apply a reloaded configuration's bounds and fsync; a smaller bound evicts at once."""
+        """Apply a reloaded configuration's bounds and fsync; a smaller bound evicts at once (janitor process)."""
         store = self.store
         store.max_object_size = min(settings.cache_max_object, settings.cache_max_size)
         store.max_size = settings.cache_max_size
         store.fsync = settings.cache_fsync
-        if self.ready and store.total_size > store.max_size:
+        if self.ready and self.peers.role is Role.JANITOR and store.total_size > store.max_size:
             store.janitor()
 
     def start(self) -> None:
-        """Load the index (first start only) and run the janitor every :data:`JANITOR_INTERVAL`."""
+        """Load the index (first start only), then run the journal and janitor ticks (:class:`Peers`)."""
         if self.state is CacheState.BROKEN:
             return
         if not self._loaded:
@@ -120,28 +128,13 @@ class SharedCache:
                 seconds=time.monotonic() - began,
             )  # fmt: skip
         self.state = CacheState.READY
-        if self._janitor is None:
-            janitor = LoopingCall(self._sweep)
-            janitor.clock = self.clock
-            self._janitor = janitor
-            janitor.start(JANITOR_INTERVAL, now=False)
+        self.peers.start()
 
     def stop(self) -> None:
-        """Stop the janitor; requests already using the cache finish."""
-        janitor, self._janitor = self._janitor, None
-        if janitor is not None and janitor.running:
-            janitor.stop()
+        """Stop the ticks and give up the janitor lock; requests already using the cache finish."""
+        self.peers.stop()
         if self.state is CacheState.READY:
             self.state = CacheState.STOPPED
-
-    def _sweep(self) -> None:
-        try:
-            removed = self.store.janitor()
-        except Exception:
-            log.failure("cache janitor failed")
-            return
-        if removed:
-            log.debug("cache janitor removed {n} entries", n=removed)
 
     # -- background revalidation ---------------------------------------------
 

@@ -5,24 +5,38 @@ Invariants:
 - Entry files live at ``<directory>/ab/cd/<32 hex>``, the hex being a BLAKE2b
   digest of the primary key and the Vary secondary key
   (:func:`entry_name`). Nothing taken from a request becomes part of a path.
-- A file appears under its final name only complete: it is written as a
-  sibling ``<hex>.tmp-<n>`` and moved into place with ``os.replace``; temporary
-  files left by a crash are removed by :meth:`DiskStore.load`. A metadata
-  update after a 304 is done in place (header last), so a crash during it
-  leaves an entry that fails its checksum and is dropped, never a wrong one.
-- The index holds every committed entry exactly once, in LRU order, and
+- A file appears under its final name only complete (written as a temporary
+  sibling and renamed, :mod:`gateway.cache.writer`); :meth:`DiskStore.load`
+  removes temporary files left by a crash, never one a live process is
+  writing. A metadata update after a 304 is done in place (header last)
+  under an exclusive ``flock`` of the file, so a crash during it leaves an
+  entry that fails its checksum and is dropped, never a wrong one, and a
+  reader in another process that meets a torn entry waits on the lock and
+  reads it again before calling it corrupt.
+- The index holds every entry it knows of exactly once, in LRU order, and
   ``total_size`` is the sum of their file sizes. Temporary files in progress
   are not counted (at most ``max_object_size`` per open writer).
-- After every commit ``total_size <= max_size``, and the files on disk never
-  exceed it (room is made before the rename); :meth:`DiskStore.janitor`
-  lowers it to ``low_water * max_size`` and drops entries past ``keep_until``.
-- One process owns a directory. Two gateways sharing one would sweep each
-  other's temporary files.
+- After every commit ``total_size <= max_size``, and room is made before the
+  rename; :meth:`DiskStore.janitor` lowers it to ``low_water * max_size`` and
+  drops entries past ``keep_until``.
+- Several processes may share a directory (the workers of one gateway):
+  given a :class:`~gateway.cache.journal.Journal`, every commit, update,
+  removal and purge is also appended there, and :meth:`DiskStore.catch_up`
+  applies what the others appended (on a tick, and before each commit, purge
+  and miss). An index may then be behind the disk for a moment, which costs
+  a miss or a refetch, never a wrong answer: a file another process removed
+  is a miss (:meth:`DiskStore.open`), a file it replaced is read as what it
+  now is, and a file is removed only if it still holds the entry meant
+  (:func:`~gateway.cache.entry.unlink_entry`). Each process bounds what it
+  knows of, and catches up just before each commit, so the files on disk
+  stay within ``max_size`` plus what the others commit between that catch-up
+  and the rename.
 - File I/O is blocking and runs on the reactor thread: opening an entry reads
   its 36-byte header and its metadata (a few hundred bytes); commits, purges
-  and evictions are a rename or an unlink each. Bodies are never read or
-  written whole: writers take chunks as they arrive and readers hand out a
-  file, offset and length for :mod:`gateway.bodystore` (``answer.EntryFeed``).
+  and evictions are a rename or an unlink each (plus a header read, to check
+  what is unlinked). Bodies are never read or written whole: writers take
+  chunks as they arrive and readers hand out a file, offset and length for
+  :mod:`gateway.bodystore` (``answer.EntryFeed``).
 - An entry removed (purge, eviction, replacement) while a reader streams it
   stays readable through the reader's open file descriptor.
 """
@@ -30,16 +44,15 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
-import enum
 import errno
+import fcntl
 import heapq
 import itertools
 import os
 import re
-import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -47,175 +60,36 @@ from zope.interface import Attribute, Interface, implementer
 
 from gateway.cache.entry import (
     HEADER_SIZE,
+    OPEN_READ,
+    OPEN_UPDATE,
     CorruptEntry,
     Entry,
     EntryInfo,
     EntryMeta,
-    decode_meta,
+    EntryRead,
     encode_meta,
     entry_name,
     pack_header,
-    unpack_header,
+    read_entry_file,
+    remove_file,
+    unlink_entry,
 )
+from gateway.cache.journal import Change, Op, Purge, Record, Scope
 from gateway.cache.keys import secondary_key, vary_values
+from gateway.cache.writer import EntryWriter, pid_alive, stale_temp, temp_owner
 from gateway.parser import Headers
 
-__all__ = ["DiskStore", "EntryWriter", "ICacheStore", "WriterState"]
+if TYPE_CHECKING:
+    from gateway.cache.journal import Journal
+
+__all__ = ["DiskStore", "ICacheStore"]
 
 _NAME = re.compile(r"[0-9a-f]{32}")
-_TEMP = re.compile(r"[0-9a-f]{32}\.tmp-[0-9a-f]+")
 _FAN = re.compile(r"[0-9a-f]{2}")
-_OPEN_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_OPEN_UPDATE = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-class WriterState(enum.Enum):
-    """The life of an :class:`EntryWriter`."""
-
-    #: Accepting body chunks into its temporary file.
-    OPEN = "open"
-    #: Renamed into place and indexed; the temporary file is gone.
-    COMMITTED = "committed"
-    #: Given up (asked to, too large, short, or an I/O error); the temporary file is gone.
-    ABORTED = "aborted"
-
-
-class EntryWriter:
-    """Streams one response body into a temporary file, then commits or aborts it.
-
-    States (``state``): OPEN -> COMMITTED on :meth:`commit`; OPEN -> ABORTED
-    on :meth:`abort`, on a chunk that takes the body past
-    ``max_object_size``, on a commit whose body length differs from
-    ``expected_length``, on an I/O error, or when a purge covers its key
-    while it is open (the response it is storing may predate the purge; RFC
-    9111 §4.4 invalidations are purges too). Calls in a final state do
-    nothing. Never raises into its caller for disk trouble: it logs and aborts.
-    ``reason`` says why it was aborted.
-    """
-
-    _log = Logger()
-
-    def __init__(self, store: DiskStore, meta: EntryMeta, expected_length: int | None) -> None:
-        self._store = store
-        self._meta = meta
-        self._expected = expected_length
-        self._written = 0
-        self._crc = 0
-        self.state = WriterState.OPEN
-        self.reason = ""
-        self._name = entry_name(meta.key, secondary_key(meta.vary_names, meta.vary_values))
-        self._final = store._path(self._name)
-        self._temp = f"{self._final}.tmp-{next(store._temp_counter):x}"
-        self._file: BinaryIO | None = None
-        if expected_length is not None and expected_length > store.max_object_size:
-            self._give_up("too large")
-            return
-        store._writers.add(self)
-        try:
-            os.makedirs(os.path.dirname(self._final), mode=0o700, exist_ok=True)
-            fd = os.open(self._temp, _OPEN_NEW, 0o600)
-            self._file = os.fdopen(fd, "wb", buffering=64 * 1024)
-            self._file.write(b"\0" * HEADER_SIZE)
-        except OSError as exc:
-            self._log.warn("cache: cannot create {path}: {error}", path=self._temp, error=exc)
-            self._give_up("io error")
-
-    @property
-    def written(self) -> int:
-        """Body bytes accepted so far."""
-        return self._written
-
-    def write(self, data: bytes) -> bool:
-        """Append a body chunk; False once the writer is no longer OPEN (then stop sending)."""
-        if self.state is not WriterState.OPEN:
-            return False
-        if self._written + len(data) > self._store.max_object_size:
-            self._give_up("too large")
-            return False
-        assert self._file is not None
-        try:
-            self._file.write(data)
-        except OSError as exc:
-            self._log.warn("cache: write to {path} failed: {error}", path=self._temp, error=exc)
-            self._give_up("io error")
-            return False
-        self._written += len(data)
-        self._crc = zlib.crc32(data, self._crc)
-        return True
-
-    def commit(self) -> EntryInfo | None:
-        """Finish the entry and put it in place; its index info, or None if it was aborted."""
-        if self.state is not WriterState.OPEN:
-            return None
-        if self._expected is not None and self._written != self._expected:
-            self._give_up("short body")
-            return None
-        assert self._file is not None
-        store = self._store
-        entry_id = int.from_bytes(os.urandom(8), "big")
-        meta = _replace_meta(self._meta, body_crc=self._crc)
-        encoded = encode_meta(meta)
-        size = HEADER_SIZE + self._written + len(encoded)
-        replaced: EntryInfo | None = None
-        try:
-            self._file.write(encoded)
-            self._file.seek(0)
-            self._file.write(pack_header(self._written, encoded, entry_id))
-            self._file.flush()
-            if store.fsync:
-                os.fsync(self._file.fileno())
-            self._file.close()
-            # Room first, then the rename: the entry files on disk never add
-            # up to more than max_size, not even for a moment.
-            replaced = store._lru.get(self._name)
-            if replaced is not None:
-                store._forget(replaced)
-            store._enforce(store.max_size - size)
-            os.replace(self._temp, self._final)
-            if store.fsync:
-                store._fsync_dir(os.path.dirname(self._final))
-        except OSError as exc:
-            self._log.warn("cache: commit of {path} failed: {error}", path=self._final, error=exc)
-            if replaced is not None and os.path.exists(self._final):
-                store._add(replaced)
-            self._give_up("io error")
-            return None
-        self.state = WriterState.COMMITTED
-        store._writers.discard(self)
-        info = EntryInfo(self._name, meta, size, self._written, entry_id, store._clock.seconds())
-        store._add(info)
-        return info
-
-    def abort(self) -> None:
-        """Give up: the temporary file is removed and nothing is indexed."""
-        if self.state is WriterState.OPEN:
-            self._give_up("aborted")
-
-    def _give_up(self, reason: str) -> None:
-        self.state = WriterState.ABORTED
-        self.reason = reason
-        self._store._writers.discard(self)
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
-            _unlink(self._temp)
 
 
 def _replace_meta(meta: EntryMeta, **changes: object) -> EntryMeta:
     return dataclasses.replace(meta, **changes)  # type: ignore[arg-type]
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        Logger().warn("cache: cannot remove {path}: {error}", path=path, error=exc)
 
 
 class ICacheStore(Interface):
@@ -226,7 +100,10 @@ class ICacheStore(Interface):
     max_object_size = Attribute("int: largest body accepted.")
 
     def load() -> int:
-        """Sweep temporary files and rebuild the index from disk; the number of entries."""
+        """Sweep stale temporary files and rebuild the index from disk; the number of entries."""
+
+    def catch_up() -> bool:
+        """Apply what other processes sharing the directory changed; whether anything came."""
 
     def variants(key: bytes) -> list[EntryInfo]:
         """Every stored response for primary ``key``."""
@@ -270,7 +147,9 @@ class DiskStore:
     brings it down to ``low_water * max_size``. ``max_object_size`` bounds one
     body. ``fsync`` makes commits durable across power loss (a file and a
     directory fsync each); without it a crash may lose recent entries, which
-    are then refetched, but never yields a wrong one.
+    are then refetched, but never yields a wrong one. ``journal``, when other
+    processes share the directory, is where changes are told and learnt
+    (see the module invariants); without one the store assumes it is alone.
     """
 
     _log = Logger()
@@ -284,6 +163,7 @@ class DiskStore:
         max_object_size: int,
         low_water: float = 0.9,
         fsync: bool = False,
+        journal: Journal | None = None,
     ) -> None:
         if max_size <= 0 or max_object_size <= 0:
             raise ValueError("max_size and max_object_size must be positive")
@@ -296,6 +176,7 @@ class DiskStore:
         self.max_object_size = max_object_size
         self.low_water = low_water
         self.fsync = fsync
+        self.journal = journal
         self._clock = clock
         self._lru: OrderedDict[str, EntryInfo] = OrderedDict()
         self._keys: dict[bytes, dict[bytes, EntryInfo]] = {}
@@ -371,8 +252,15 @@ class DiskStore:
 
         RFC 9111 §4.1: of several matching responses "the most recent response
         (as determined by the Date header field) is used"; ``response_time``
-        stands in for Date.
+        stands in for Date. A miss first catches up with the journal, so an
+        entry another process committed a moment ago is found.
         """
+        best = self._select(key, request_headers)
+        if best is None and self.catch_up():
+            best = self._select(key, request_headers)
+        return best
+
+    def _select(self, key: bytes, request_headers: Headers) -> EntryInfo | None:
         found = self._keys.get(key)
         if not found:
             return None
@@ -383,48 +271,101 @@ class DiskStore:
                     best = info
         return best
 
+    # --- other processes --------------------------------------------------------------
+
+    def _tell(self, records: Sequence[Record]) -> None:
+        """Let the other processes sharing the directory know (nothing without a journal)."""
+        if records and self.journal is not None:
+            self.journal.append(records)
+
+    def catch_up(self) -> bool:
+        """Apply the journal records other processes appended since the last call; whether any came.
+
+        If records were missed (see :class:`~gateway.cache.journal.News`), the
+        index is rebuilt from the directory first.
+        """
+        if self.journal is None:
+            return False
+        news = self.journal.read()
+        if news.gap:
+            self._log.info("cache: journal records were missed; rescanning {dir}", dir=self.directory)
+            self._scan()
+        for record in news.records:
+            if isinstance(record, Purge):
+                self._purge(record, learnt=True)
+            else:
+                self._learn(record)
+        return news.gap or bool(news.records)
+
+    def _learn(self, change: Change) -> None:
+        """Bring the index in line with what another process did to one entry file."""
+        old = self._lru.get(change.name)
+        if old is not None and old.entry_id == change.entry_id:
+            if change.op is Op.ADDED:
+                return  # already known (our scan saw it, or the record came twice)
+            if change.op is Op.REMOVED:
+                self._forget(old)
+                return
+        elif old is None and change.op is Op.REMOVED:
+            return
+        # Otherwise the file may hold something this index does not know: read what it is now.
+        info = self._load_one(self._path(change.name), change.name)
+        if info is None:
+            if old is not None:
+                self._forget(old)
+        elif old is None or old.entry_id != info.entry_id or change.op is Op.UPDATED:
+            self._add(info)
+
     # --- reading --------------------------------------------------------------------
 
-    def _read_entry(self, fd: int, size: int) -> tuple[EntryMeta, int, int, int]:
-        """``(meta, body_length, entry_id, meta_length)`` of the open entry file ``fd``."""
-        body_length, meta_length, meta_crc, entry_id = unpack_header(os.pread(fd, HEADER_SIZE, 0))
-        if size != HEADER_SIZE + body_length + meta_length:
-            raise CorruptEntry(f"file is {size} bytes, header says {HEADER_SIZE + body_length + meta_length}")
-        encoded = os.pread(fd, meta_length, HEADER_SIZE + body_length)
-        if len(encoded) != meta_length or zlib.crc32(encoded) != meta_crc:
-            raise CorruptEntry("metadata checksum mismatch")
-        return decode_meta(encoded), body_length, entry_id, meta_length
+    def _replaced(self, info: EntryInfo, read: EntryRead) -> EntryInfo:
+        """Index what another process put in ``info``'s place (``read`` from its file) instead of ``info``."""
+        meta, body_length, entry_id, size = read
+        if meta.key != info.key or entry_name(meta.key, secondary_key(meta.vary_names, meta.vary_values)) != info.name:
+            raise CorruptEntry("entry file does not match its name")
+        self._forget(info)
+        new = EntryInfo(info.name, meta, size, body_length, entry_id, self._clock.seconds())
+        self._add(new)
+        return new
+
+    def _discard(self, path: str, name: str, entry_id: int, error: Exception) -> None:
+        """Drop a corrupt entry file (and tell the others, who may index it)."""
+        self._log.warn("cache: dropping {path}: {error}", path=path, error=error)
+        remove_file(path)
+        self._tell([Change(Op.REMOVED, name, entry_id)])
 
     def open(self, info: EntryInfo) -> Entry | None:
         """Open and validate ``info``'s file; None if it is gone or corrupt (then it is dropped).
 
         A hit moves the entry to the most recently used end. An ``info`` no
         longer in the index (replaced, purged, evicted) gives None and leaves
-        the files alone.
+        the files alone. A file another process removed is a miss; one it
+        replaced is indexed and returned as what it now is.
         """
         if self._lru.get(info.name) is not info:
             return None
         path = self._path(info.name)
         try:
-            fd = os.open(path, _OPEN_READ)
+            fd = os.open(path, OPEN_READ)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 self._log.warn("cache: cannot open {path}: {error}", path=path, error=exc)
             self._forget(info)
             return None
         try:
-            meta, body_length, entry_id, _ = self._read_entry(fd, os.fstat(fd).st_size)
-            if entry_id != info.entry_id or meta.key != info.key:
+            read = read_entry_file(fd)
+            if read.entry_id != info.entry_id:
+                info = self._replaced(info, read)
+            elif read.meta.key != info.key:
                 raise CorruptEntry("entry file does not match the index")
         except (OSError, CorruptEntry) as exc:
             os.close(fd)
-            self._log.warn("cache: dropping {path}: {error}", path=path, error=exc)
             self._forget(info)
-            _unlink(path)
+            self._discard(path, info.name, info.entry_id, exc)
             return None
         self._lru.move_to_end(info.name)
         info.last_access = self._clock.seconds()
-        return Entry(info, meta, fd, body_length)
+        return Entry(info, read.meta, fd, read.body_length)
 
     # --- writing --------------------------------------------------------------------
 
@@ -439,20 +380,26 @@ class DiskStore:
         """Store a freshened head (``validation.freshen``) and times for ``info``; its new info.
 
         The metadata is rewritten after the unchanged body and the header last
-        (see the module invariants). None if the entry is gone or corrupt, or
-        ``info`` is no longer the indexed one.
+        (see the module invariants), under an exclusive ``flock``. None if the
+        entry is gone or corrupt, ``info`` is no longer the indexed one, or
+        another process replaced the file (then its entry is indexed instead).
         """
         if self._lru.get(info.name) is not info:
             return None
         path = self._path(info.name)
         try:
-            fd = os.open(path, _OPEN_UPDATE)
+            fd = os.open(path, OPEN_UPDATE)
         except OSError:
             self._forget(info)
             return None
         try:
-            meta, body_length, entry_id, _ = self._read_entry(fd, os.fstat(fd).st_size)
-            if entry_id != info.entry_id or meta.key != info.key:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            read = read_entry_file(fd, locked=True)
+            meta, body_length, entry_id, _ = read
+            if entry_id != info.entry_id:
+                self._replaced(info, read)
+                return None
+            if meta.key != info.key:
                 raise CorruptEntry("entry file does not match the index")
             meta = _replace_meta(
                 meta, headers=list(headers), request_time=request_time, response_time=response_time,
@@ -468,129 +415,175 @@ class DiskStore:
             if self.fsync:
                 os.fsync(fd)
         except (OSError, CorruptEntry) as exc:
-            self._log.warn("cache: dropping {path} on update: {error}", path=path, error=exc)
             self._forget(info)
-            _unlink(path)
+            self._discard(path, info.name, info.entry_id, exc)
             return None
         finally:
             os.close(fd)
         self._forget(info)
         new = EntryInfo(info.name, meta, end + len(encoded), body_length, entry_id, self._clock.seconds())
         self._add(new)
+        self._tell([Change(Op.UPDATED, info.name, entry_id)])
         return new
 
     # --- removal --------------------------------------------------------------------
 
+    def _drop(self, info: EntryInfo) -> Change:
+        """Forget ``info`` and remove its file if that still holds it; the record telling so."""
+        self._forget(info)
+        unlink_entry(self._path(info.name), info.entry_id)
+        return Change(Op.REMOVED, info.name, info.entry_id)
+
     def remove(self, info: EntryInfo) -> None:
         """Drop one entry (no-op if it is no longer indexed)."""
         if self._lru.get(info.name) is info:
-            self._forget(info)
-            _unlink(self._path(info.name))
+            self._tell([self._drop(info)])
 
-    def _abort_writers(self, covered: Callable[[EntryMeta], bool]) -> None:
-        for writer in [w for w in self._writers if covered(w._meta)]:
-            writer._give_up("purged")
+    def _purge(self, purge: Purge, *, learnt: bool = False) -> int:
+        """Drop what ``purge`` covers and abort writers for it; how many entries were dropped.
+
+        A purge ``learnt`` from another process's journal record covers only
+        what was requested at or before its time: later responses were asked
+        of the origin after the purge, so they stay.
+        """
+        before = purge.time if learnt else float("inf")
+        for writer in list(self._writers):
+            if purge.covers(writer.meta.key, writer.meta.surrogate_keys) and writer.meta.request_time <= before:
+                writer.abort("purged")
+        if purge.scope is Scope.SURROGATE:
+            infos = [self._lru[name] for name in self._surrogates.get(purge.pattern, ())]
+        elif purge.scope is Scope.KEY:
+            infos = self.variants(purge.pattern)
+        else:
+            infos = [info for key, found in self._keys.items() if key.startswith(purge.pattern)
+                     for info in found.values()]  # fmt: skip
+        dropped = 0
+        for info in infos:
+            if info.request_time <= before:
+                self._drop(info)
+                dropped += 1
+        return dropped
+
+    def _purge_now(self, scope: Scope, pattern: bytes) -> int:
+        self.catch_up()  # so that what another process committed a moment ago is covered and counted
+        purge = Purge(scope, pattern, self._clock.seconds())
+        dropped = self._purge(purge)
+        self._tell([purge])
+        return dropped
 
     def purge(self, key: bytes) -> int:
         """Drop every variant stored for ``key``, and abort writers for it; how many were dropped."""
-        self._abort_writers(lambda meta: meta.key == key)
-        infos = self.variants(key)
-        for info in infos:
-            self.remove(info)
-        return len(infos)
+        return self._purge_now(Scope.KEY, key)
 
     def purge_prefix(self, prefix: bytes) -> int:
         """Drop every entry whose primary key starts with ``prefix``. O(number of keys)."""
-        self._abort_writers(lambda meta: meta.key.startswith(prefix))
-        keys = [key for key in self._keys if key.startswith(prefix)]
-        return sum(self.purge(key) for key in keys)
+        return self._purge_now(Scope.PREFIX, prefix)
 
     def purge_surrogate(self, surrogate_key: bytes) -> int:
         """Drop every entry tagged with ``surrogate_key`` (``Surrogate-Key``)."""
-        self._abort_writers(lambda meta: surrogate_key in meta.surrogate_keys)
-        names = list(self._surrogates.get(surrogate_key, ()))
-        for name in names:
-            info = self._lru.get(name)
-            if info is not None:
-                self.remove(info)
-        return len(names)
+        return self._purge_now(Scope.SURROGATE, surrogate_key)
 
-    def _enforce(self, bound: int, limit: int | None = None) -> int:
-        """Evict least recently used entries until ``total_size <= bound``; how many."""
-        evicted = 0
-        while self.total_size > bound and self._lru and (limit is None or evicted < limit):
-            self.remove(next(iter(self._lru.values())))
-            evicted += 1
+    def _evict(self, bound: int, limit: int | None = None) -> list[Change]:
+        """Evict least recently used entries until ``total_size <= bound``; the records telling so."""
+        evicted: list[Change] = []
+        while self.total_size > bound and self._lru and (limit is None or len(evicted) < limit):
+            evicted.append(self._drop(next(iter(self._lru.values()))))
         return evicted
 
     def janitor(self, limit: int = 1000) -> int:
         """Drop entries past ``keep_until``, then evict LRU down to the low-water mark.
 
         At most ``limit`` entries per call, so one run never blocks the reactor
-        for long; run it periodically (``LoopingCall`` on the same clock).
+        for long; run it periodically (``LoopingCall`` on the same clock). With
+        several processes on one directory, one of them runs it
+        (:mod:`gateway.cache.peers`).
         """
         now = self._clock.seconds()
-        removed = 0
-        while self._expiry and self._expiry[0][0] <= now and removed < limit:
+        removed: list[Change] = []
+        while self._expiry and self._expiry[0][0] <= now and len(removed) < limit:
             _, name, entry_id = heapq.heappop(self._expiry)
             info = self._lru.get(name)
             if info is not None and info.entry_id == entry_id and info.keep_until <= now:
-                self.remove(info)
-                removed += 1
-        removed += self._enforce(int(self.max_size * self.low_water), limit=limit - removed)
-        return removed
+                removed.append(self._drop(info))
+        removed += self._evict(int(self.max_size * self.low_water), limit=limit - len(removed))
+        self._tell(removed)
+        return len(removed)
 
     # --- start-up -------------------------------------------------------------------
 
     def load(self) -> int:
-        """Create the directory if needed, sweep temporary files, rebuild the index.
+        """Create the directory if needed, mark the journal's end, rebuild the index, apply the journal.
 
-        Walks ``ab/cd/`` subdirectories only; files whose names are not ours
-        are left alone. An entry that fails validation, or whose name is not
-        the digest of its own keys, is removed. LRU order starts from file
-        modification times (commit or last update). Returns the entry count.
+        In that order, so that nothing another process does meanwhile is
+        missed (:mod:`gateway.cache.journal`). Returns the entry count.
         """
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        if self.journal is not None:
+            self.journal.open()
+        self._scan()
+        self.catch_up()
+        return len(self._lru)
+
+    def _scan(self) -> None:
+        """Sweep stale temporary files and index every entry file.
+
+        Walks ``ab/cd/`` subdirectories only; files whose names are not ours
+        are left alone. A temporary file is removed only if :func:`stale_temp`
+        says so (a live process may be writing it). An entry that fails
+        validation, or whose name is not the digest of its own keys, is
+        removed. LRU order starts from file modification times (commit or last
+        update). Then the index is brought within ``max_size``.
+        """
         self._lru.clear()
         self._keys.clear()
         self._surrogates.clear()
         self._expiry.clear()
         self.total_size = 0
+        now = self._clock.seconds()
+        mine = {writer.temp for writer in self._writers}
+        own_pid = os.getpid()
         found: list[EntryInfo] = []
         for first in _subdirs(self.directory):
             for second in _subdirs(first.path):
                 with os.scandir(second.path) as files:
                     for item in files:
-                        if _TEMP.fullmatch(item.name):
-                            _unlink(item.path)
+                        owner = temp_owner(item.name)
+                        if owner is not None:
+                            try:
+                                age = now - item.stat(follow_symlinks=False).st_mtime
+                            except FileNotFoundError:
+                                continue  # committed or aborted meanwhile
+                            if stale_temp(owner, age, own_pid=own_pid, mine=item.path in mine, alive=pid_alive):
+                                remove_file(item.path)
                         elif _NAME.fullmatch(item.name) and item.is_file(follow_symlinks=False):
-                            info = self._load_one(item)
+                            info = self._load_one(item.path, item.name)
                             if info is not None:
                                 found.append(info)
         found.sort(key=lambda info: info.last_access)
         for info in found:
             self._add(info)
-        self._enforce(self.max_size)
-        return len(self._lru)
+        self._tell(self._evict(self.max_size))
 
-    def _load_one(self, item: os.DirEntry[str]) -> EntryInfo | None:
+    def _load_one(self, path: str, name: str) -> EntryInfo | None:
+        """The index info of the entry file ``name`` at ``path``; None if it is gone or corrupt (then removed)."""
         try:
-            fd = os.open(item.path, _OPEN_READ)
+            fd = os.open(path, OPEN_READ)
+        except FileNotFoundError:
+            return None  # removed by another process meanwhile
         except OSError as exc:
-            self._log.warn("cache: cannot open {path}: {error}", path=item.path, error=exc)
+            self._log.warn("cache: cannot open {path}: {error}", path=path, error=exc)
             return None
         try:
-            st = os.fstat(fd)
-            meta, body_length, entry_id, _ = self._read_entry(fd, st.st_size)
-            if entry_name(meta.key, secondary_key(meta.vary_names, meta.vary_values)) != item.name:
+            meta, body_length, entry_id, size = read_entry_file(fd)
+            if entry_name(meta.key, secondary_key(meta.vary_names, meta.vary_values)) != name:
                 raise CorruptEntry("file name does not match its keys")
+            mtime = os.fstat(fd).st_mtime
         except (OSError, CorruptEntry) as exc:
-            self._log.warn("cache: dropping {path}: {error}", path=item.path, error=exc)
-            _unlink(item.path)
+            self._discard(path, name, 0, exc)
             return None
         finally:
             os.close(fd)
-        return EntryInfo(item.name, meta, st.st_size, body_length, entry_id, st.st_mtime)
+        return EntryInfo(name, meta, size, body_length, entry_id, mtime)
 
 
 def _subdirs(path: str) -> Sequence[os.DirEntry[str]]:

@@ -94,9 +94,12 @@ class Cache:
         return origin
 
     def entry_files(self) -> list[str]:
+        """Entry files and their temporaries: everything under the ``ab/cd/`` fan directories
+        (the journal and the janitor lock sit at the top)."""
         found = []
         for root, _, files in os.walk(self.directory):
-            found += [os.path.join(root, f) for f in files]
+            if root != self.directory:
+                found += [os.path.join(root, f) for f in files]
         return found
 
 

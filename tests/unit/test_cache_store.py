@@ -20,7 +20,8 @@ from gateway.cache.entry import (
     unpack_header,
 )
 from gateway.cache.keys import vary_values
-from gateway.cache.store import DiskStore, EntryWriter, ICacheStore, WriterState
+from gateway.cache.store import DiskStore, ICacheStore
+from gateway.cache.writer import EntryWriter, WriterState
 
 T = 1_700_000_000.0
 MB = 1024 * 1024
@@ -198,7 +199,7 @@ class AtomicityTests(StoreTestCase):
         writer.write(b"abc")
         self.assertIsNone(self.store.lookup(b"http://h/a", []))
         [temp] = files_under(self.directory)
-        self.assertRegex(temp, r"\.tmp-[0-9a-f]+$")
+        self.assertRegex(temp, rf"\.tmp-{os.getpid()}-[0-9a-f]+$")  # the writer's pid, then a counter
         writer.commit()
         self.assertEqual(len(files_under(self.directory)), 1)
 

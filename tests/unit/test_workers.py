@@ -599,34 +599,3 @@ class JSONLogTests(SynchronousTestCase):
         supervisor.LogRelay(3, published.append).feed(1, "".join(lines).encode())
         self.assertEqual(published[0]["log_system"], "worker=3 n#info")
         self.assertEqual(json.loads(lines[0][1:])["log_format"], "hi")
-
-
-class WorkerCacheTests(SynchronousTestCase):
-    """Each worker gets its own slice of the disk cache until the index is shared."""
-
-    def config(self, **gateway: object) -> object:
-        from dataclasses import replace as _replace
-
-        from gateway.testing import simple_config
-
-        base = simple_config()
-        return _replace(base, gateway=_replace(base.gateway, **gateway))
-
-    def test_slice_per_worker(self) -> None:
-        """Worker 2 of 4 caches in cache_dir/worker-2 with a quarter of the size."""
-        from gateway.workers import worker_cache
-
-        config = self.config(cache_dir="/var/cache/gw", cache_max_size=4 * 1024**3)
-        sliced = worker_cache(config, 2, 4)
-        self.assertEqual(sliced.gateway.cache_dir, "/var/cache/gw/worker-2")
-        self.assertEqual(sliced.gateway.cache_max_size, 1024**3)
-
-    def test_single_worker_unchanged(self) -> None:
-        """One worker, or no cache: the configuration is left as it is."""
-        from gateway.workers import worker_cache
-
-        config = self.config(cache_dir="/var/cache/gw")
-        self.assertIs(worker_cache(config, 1, 1), config)
-        plain = self.config()
-        self.assertIs(worker_cache(plain, 1, 4), plain)
-

@@ -1,0 +1,50 @@
+"""What the gateway needs to run on PyPy, whose Debian build implements Python 3.9.
+
+PyPy serves small responses about twice as fast as CPython (docs/performance.md),
+so the gateway keeps to Python 3.9 and to the libraries PyPy 3.9 can install
+(cryptography 43 and pyOpenSSL 25.1, the last with PyPy 3.9 wheels). Each
+difference is bridged here, once, and only where CPython and PyPy differ:
+
+- :data:`SLOTS`: ``dataclass(slots=True)`` arrived in Python 3.10. Under 3.9
+  the frozen dataclasses carry a ``__dict__``; behaviour is the same.
+- :func:`set_tls13_ciphersuites`: pyOpenSSL gained
+  ``Context.set_tls13_ciphersuites`` in 25.2 (which needs cryptography 45);
+  before that, OpenSSL's own ``SSL_CTX_set_ciphersuites`` is called through
+  pyOpenSSL's bindings, exactly as 25.2 does.
+- :func:`freeze_heap`: ``gc.freeze`` is CPython's; PyPy's generational GC
+  has no permanent generation to move objects into, nor the need.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Any
+
+from OpenSSL import SSL
+
+__all__ = ["SLOTS", "freeze_heap", "set_tls13_ciphersuites"]
+
+#: Keyword arguments for ``@dataclass``: ``slots=True`` where Python has it.
+SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+def set_tls13_ciphersuites(context: SSL.Context, suites: bytes) -> None:
+    """``context.set_tls13_ciphersuites(suites)``, also on pyOpenSSL before 25.2."""
+    setter = getattr(context, "set_tls13_ciphersuites", None)
+    if setter is not None:
+        setter(suites)
+        return
+    from OpenSSL.SSL import _lib  # type: ignore[attr-defined]
+
+    if _lib.SSL_CTX_set_ciphersuites(context._context, suites) != 1:  # type: ignore[attr-defined]
+        raise SSL.Error(f"TLS 1.3 cipher suites refused: {suites!r}")
+
+
+def freeze_heap() -> bool:
+    """Move every object alive now out of the collector's way; False where unsupported."""
+    freeze = getattr(gc, "freeze", None)
+    if freeze is None:
+        return False
+    freeze()
+    return True
