@@ -41,6 +41,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
+from gateway.compat import SLOTS
 from gateway.logbuffer import BatchedLogObserver
 from gateway.workers import LOG_ENV, SOCKETS_ENV, WORKER_ENV, InheritedSocket, decode_sockets
 
@@ -88,7 +89,7 @@ class InheritedPort:
         return self.listenTCP(port, TLSMemoryBIOFactory(contextFactory, False, factory))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class WorkerSetup:
     """What the supervisor told this worker through its environment."""
 

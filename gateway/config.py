@@ -35,13 +35,14 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
+from gateway.compat import SLOTS
 from gateway import configkeys
 from gateway.configkeys import Key, table
 from gateway.configvalues import NAME
 from gateway.tlsconfig import tls_findings
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class GatewaySettings:
     """Process-wide settings: the ``[gateway]`` section."""
 
@@ -66,7 +67,7 @@ class GatewaySettings:
     cache_status_name: str = "gateway"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class ListenerConfig:
     """One ``[listener:NAME]``: where clients connect and the limits they meet."""
 
@@ -95,7 +96,7 @@ class ListenerConfig:
     redirect_https_port: int = 443
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class RouteConfig:
     """One ``[route:NAME]``: which requests go to which backend.
 
@@ -130,7 +131,7 @@ class RouteConfig:
     cache_heuristic_max: float = 86400.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class ServerConfig:
     """One ``[server:NAME]``: an origin server inside a backend.
 
@@ -150,7 +151,7 @@ class ServerConfig:
     drain: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class BackendConfig:
     """One ``[backend:NAME]``: a pool of servers, how to pick one, and upstream limits."""
 
@@ -195,7 +196,7 @@ class BackendConfig:
     tls_client_key: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class DemoConfig:
     """One ``[demo:NAME]``: a tiny built-in origin that answers with its own name."""
 
@@ -203,7 +204,7 @@ class DemoConfig:
     bind: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class SiteConfig:
     """One ``[site:NAME]``: host names and the certificate(s) a TLS listener serves for them.
 
@@ -224,7 +225,7 @@ class SiteConfig:
     alt_ocsp: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Config:
     """The whole running configuration; swapped as one value on reload."""
 

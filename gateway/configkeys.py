@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
+from gateway.compat import SLOTS
 from gateway.configvalues import (
     TOKEN,
     Address,
@@ -301,7 +302,7 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Key:
     """One legal key: how its value parses (and its range), and its default."""
 

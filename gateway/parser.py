@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from collections.abc import Sequence
 
+from gateway.compat import SLOTS
 from gateway.errors import ParseError
 
 __all__ = [
@@ -47,7 +48,7 @@ CHUNKED = -1
 UNTIL_CLOSE = -2  # responses only: the body ends when the server closes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class HeadLimits:
     """Size limits for one head; each is tested at the bound and one over.
 

@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IConnector, IDelayedCall
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
+from gateway.compat import SLOTS
 from gateway.chunked import ChunkedDecoder
 from gateway.errors import ParseError
 from gateway.parser import HeadLimits, Response, check_partial_head, head_end, parse_response
@@ -53,7 +54,7 @@ MAX_BODY = 64 * 1024
 USER_AGENT = b"gateway-health"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class ProbeResult:
     """The verdict of one check: passed or not, and why, for the log line."""
 

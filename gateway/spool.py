@@ -49,6 +49,7 @@ from typing import Callable
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.compat import SLOTS
 from gateway.bodystore import IBodySource
 from gateway.errors import GatewayError
 
@@ -79,7 +80,7 @@ SPOOL_PREFIX = "gw-spool-"
 _GATHER = 16 * KiB
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class SpoolLimits:
     """Per-body limits (a route may have its own)."""
 

@@ -22,6 +22,7 @@ import datetime
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -32,13 +33,14 @@ from cryptography.x509 import ocsp
 Finding = tuple[str, str]
 
 #: Private keys a certificate can be served with (what pyOpenSSL can load).
-ServableKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-    | dsa.DSAPrivateKey
-)
+#: (``Union``, not ``|``: evaluated at import, and Python 3.9 has no ``|`` on classes.)
+ServableKey = Union[
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+]
 _SERVABLE = (
     rsa.RSAPrivateKey,
     ec.EllipticCurvePrivateKey,

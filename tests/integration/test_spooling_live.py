@@ -22,6 +22,8 @@ Sizes and rates keep the whole module well under a minute on two cores.
 
 from __future__ import annotations
 
+import platform
+
 import hashlib
 import http.client
 import json
@@ -274,6 +276,9 @@ class Client:
                 digest.update(data)
                 self.received += len(data)
             if self.then == "abort" and not response.isclosed():
+                # The response's file holds the socket open until it is closed
+                # too (on PyPy, whose collector is not prompt, that is not "soon").
+                response.close()
                 self._abort(sock)
                 return
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
@@ -288,6 +293,7 @@ class Client:
                 self.received += len(data)
             self.sha256 = digest.hexdigest()
             self.complete = True
+            response.close()
         except Exception as exc:  # recorded, asserted by the test
             self.error = repr(exc)
         finally:
@@ -453,7 +459,9 @@ class BoundsTests(SynchronousTestCase):
     #: What the gateway may use besides its spools: the interpreter and its
     #: modules (about 55 MiB idle) and per connection one socket read and one
     #: transport buffer (200 x (64 + 64) KiB = 25 MiB), with room to spare.
-    overhead = 100 * MIB
+    #: PyPy idles at about 110 MiB (JIT code, GC arenas) and its collector
+    #: hands memory back later (seen: 160 MiB peak), so it gets twice the room.
+    overhead = (100 if platform.python_implementation() == "CPython" else 200) * MIB
     #: Seconds the clients don't read at all, so that every response backs up.
     stall = 2.0
 

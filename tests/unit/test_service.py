@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import gc
+import unittest
+
 from twisted.trial.unittest import SynchronousTestCase
+
+#: CPython's gc.freeze; PyPy has none (gateway.compat.freeze_heap).
+_FREEZES = hasattr(gc, "freeze")
+_unfreeze = getattr(gc, "unfreeze", lambda: None)
 
 
 class HeapTests(SynchronousTestCase):
     """Starting the service freezes the startup heap out of full collections."""
 
+    @unittest.skipUnless(_FREEZES, "gc.freeze is CPython's")
     def test_start_freezes_heap(self) -> None:
         """After startService, the collector's permanent generation holds the startup objects."""
-        import gc
-
         from twisted.internet.testing import MemoryReactorClock
 
         from gateway.service import GatewayService
@@ -35,12 +41,10 @@ class ShutdownTests(SynchronousTestCase):
         from gateway.service import GatewayService
         from gateway.testing import simple_config
 
-        import gc
-
         clock = MemoryReactorClock()
         service = GatewayService(clock, simple_config(shutdown_grace=grace))
         service.startService()
-        self.addCleanup(gc.unfreeze)
+        self.addCleanup(_unfreeze)
         factory = service.factories[0]
         protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4000))
         transport = StringTransport()
