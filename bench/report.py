@@ -8,6 +8,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from collections.abc import Mapping
@@ -167,7 +168,8 @@ def machine_notes(nginx: str, wrk: str, source: Path, revision: str | None) -> l
     return [
         f"- CPUs: {first_line(['nproc'])} × {_cpu_model()}",
         f"- Kernel: {platform.system()} {platform.release()}",
-        f"- Python {platform.python_version()}, Twisted {twisted.__version__}",
+        f"- Python {platform.python_version()}, Twisted {twisted.__version__}"
+        + (f"; the gateway ran under {os.environ['BENCH_PYTHON']}" if os.environ.get("BENCH_PYTHON") else ""),
         f"- {first_line([nginx, '-v']).replace('nginx version: ', '')}, {wrk_version}",
         f"- gateway revision: {revision or _revision(source)}",
     ]

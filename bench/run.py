@@ -100,8 +100,9 @@ def find_tool(name: str) -> str:
 
 
 def find_twistd() -> str:
-    """The twistd of the interpreter running this script (bench/.venv's, via bench/run)."""
-    twistd = Path(sys.executable).parent / "twistd"
+    """The twistd that runs the gateway: ``BENCH_TWISTD`` (bench/run sets it to a
+    PyPy venv's with ``BENCH_PYTHON=pypy3``), else this interpreter's (bench/.venv)."""
+    twistd = Path(os.environ.get("BENCH_TWISTD") or Path(sys.executable).parent / "twistd")
     if not twistd.exists():
         raise SystemExit(f"bench: no {twistd}; start the benchmark with `bash bench/run`")
     return str(twistd)
