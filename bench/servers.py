@@ -354,18 +354,20 @@ def start_gateway(
 ) -> Server:
     """The gateway in front of ``origin``, from an INI file (:func:`gateway_config`).
 
-    With ``access_log`` its access log is on (the default, as in quick mode)
-    and goes to the log file (``twistd --logfile``). A listener with
+    With ``access_log`` its access log is on (the default, as in quick mode).
+    The log goes to stdout, redirected to a file, as ``twistd -n`` logs by
+    default (and as systemd or a container would take it): that is the path
+    with batched access lines (gateway.logbuffer). A listener with
     ``tls = true`` in ``listener`` is reached over https.
     """
     port = free_port()
     name = name or ("gateway+log" if access_log else "gateway")
-    log = root / f"{name}.log"
+    log = root / f"{name}.out"
     ini = gateway_config(root, name, port, origin, access_log=access_log, workers=workers,
                          settings=settings, listener=listener, route=route, sections=sections)
-    argv = [twistd, "-n", "--pidfile=", "--logfile", str(log), "gateway", "--config", str(ini)]
+    argv = [twistd, "-n", "--pidfile=", "gateway", "--config", str(ini)]
     scheme = "https" if "tls = true" in listener else "http"
-    server = Server(name, port, processes.start(argv, root / f"{name}.out"), log, scheme, workers)
+    server = Server(name, port, processes.start(argv, log), log, scheme, workers)
     wait_until_listening(server)
     return server
 
