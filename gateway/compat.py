@@ -41,10 +41,8 @@ def set_tls13_ciphersuites(context: SSL.Context, suites: bytes) -> None:
         raise SSL.Error(f"TLS 1.3 cipher suites refused: {suites!r}")
 
 
-def freeze_heap() -> bool:
-    """Move every object alive now out of the collector's way; False where unsupported."""
+def freeze_heap() -> None:
+    """Move every object alive now out of the collector's way (CPython only)."""
     freeze = getattr(gc, "freeze", None)
-    if freeze is None:
-        return False
-    freeze()
-    return True
+    if freeze is not None:
+        freeze()
