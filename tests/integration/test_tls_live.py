@@ -8,7 +8,8 @@ are stapled, mTLS takes a good client certificate and refuses a missing or
 bad one, HTTP redirects to HTTPS, a reload swaps the certificate while a
 keep-alive connection made before it keeps working, a broken certificate
 refuses the start with FILE:LINE, and towards backends a certificate for the
-wrong name gives 502 (logged) while one signed by the configured CA works,
+wrong name or from an unknown CA gives 502 (logged) and no byte of the
+request reaches that server, while one signed by the configured CA works,
 over pooled connections.
 
 Tests that need the request path to call the TLS helpers (the verified
@@ -538,6 +539,83 @@ class _EchoHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _Recorded:
+    """One connection to a :class:`_RecordingOrigin`: whether its TLS handshake
+    completed and every byte the origin read from it afterwards."""
+
+    def __init__(self) -> None:
+        self.handshake = False
+        self.received = b""
+        self.done = threading.Event()
+
+
+class _RecordingOrigin:
+    """A TLS origin on 127.0.0.1 that records what each connection sent after the handshake.
+
+    It answers the first request head on a connection with a small 200 and
+    closes, so a connection it records bytes for is one a request really
+    reached.  An empty record with ``done`` set means nothing was read after
+    the handshake (or the handshake never completed), until the peer closed.
+    """
+
+    RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+    def __init__(self, case: Any, certfile: str, keyfile: str) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certfile, keyfile)
+        self.records: list[_Recorded] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        case.addCleanup(thread.join, IO_TIMEOUT)
+        case.addCleanup(self._stop)
+
+    def _stop(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (Linux)
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed at cleanup
+            record = _Recorded()
+            self.records.append(record)
+            threading.Thread(target=self._serve, args=(conn, record), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, record: _Recorded) -> None:
+        conn.settimeout(IO_TIMEOUT)
+        try:
+            with self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False) as tls:
+                tls.do_handshake()
+                record.handshake = True
+                while True:
+                    data = tls.recv(65536)
+                    if not data:
+                        return
+                    record.received += data
+                    if b"\r\n\r\n" in record.received:
+                        tls.sendall(self.RESPONSE)
+                        return
+        except OSError:  # ssl.SSLError included: a refused handshake, a reset
+            pass
+        finally:
+            conn.close()
+            record.done.set()
+
+    def finished_since(self, start: int) -> list[_Recorded]:
+        """The connections accepted since ``len(records)`` was ``start``, once all have ended."""
+        wait_until(lambda: len(self.records) > start, IO_TIMEOUT, "a connection to the recording origin")
+        records = self.records[start:]
+        for record in records:
+            if not record.done.wait(2 * IO_TIMEOUT):  # its own reads time out after IO_TIMEOUT
+                raise AssertionError("a connection to the recording origin did not end")
+        return records
+
+
 class UpstreamTests(SynchronousTestCase):
     """One gateway in front of an HTTPS origin, through backends with different TLS keys."""
 
@@ -564,14 +642,23 @@ class UpstreamTests(SynchronousTestCase):
             shared.addCleanup(server.server_close)
             shared.addCleanup(server.shutdown)
             cls.handler = handler
-            url = f"https://127.0.0.1:{server.server_address[1]}"
+            echo = f"https://127.0.0.1:{server.server_address[1]}"
+            # Backends that must refuse the origin's certificate reach one that
+            # records what arrives, so the tests can show that nothing did.
+            cls.recorder = _RecordingOrigin(
+                shared, os.path.join(directory, "origin.pem"), os.path.join(directory, "origin.key")
+            )
+            recorded = cls.recorder.url
+            wrong = f"tls_ca = {directory}/ca.pem\ntls_server_name = wrong.example.com\n"
             sections = []
-            for name, keys in [
-                ("good", f"tls_ca = {directory}/ca.pem\n"),
-                ("named", f"tls_ca = {directory}/ca.pem\ntls_server_name = localhost\n"),
-                ("wrong", f"tls_ca = {directory}/ca.pem\ntls_server_name = wrong.example.com\n"),
-                ("untrusted", ""),
-                ("insecure", "tls_verify = false\n"),
+            for name, url, keys in [
+                ("good", echo, f"tls_ca = {directory}/ca.pem\n"),
+                ("named", echo, f"tls_ca = {directory}/ca.pem\ntls_server_name = localhost\n"),
+                ("wrong", recorded, wrong),
+                ("wrongbody", recorded, wrong),
+                ("untrusted", recorded, ""),
+                ("insecure", echo, "tls_verify = false\n"),
+                ("recorded", recorded, "tls_verify = false\n"),
             ]:
                 sections.append(
                     f"[backend:{name}]\nretries = 0\n{keys}\n"
@@ -611,19 +698,55 @@ class UpstreamTests(SynchronousTestCase):
         """tls_server_name is the name checked (and sent as SNI)."""
         self.assertEqual(self.get("/named")[0], 200)
 
+    def assert_refused_unseen(self, method: str, path: str, body: bytes | None, cause: str) -> None:
+        """``method path`` gets the gateway's own 502, the log gives ``cause``, and the
+        origin read no byte of the request, not even its request line."""
+        start = len(self.recorder.records)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=IO_TIMEOUT)
+        self.addCleanup(conn.close)
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        page = response.read()
+        self.assertEqual(response.status, 502, page)
+        self.assertEqual(response.getheader("Content-Type"), "text/html; charset=utf-8")
+        self.assertIn(b"<h1>502 Bad Gateway</h1>", page)
+        self.gateway.wait_for_log(cause)
+        records = self.recorder.finished_since(start)
+        self.assertEqual([r.received for r in records], [b""] * len(records))
+
     def test_wrong_name(self) -> None:
-        """A certificate for another name gives 502, and the log says why."""
-        status, _ = self.get("/wrong")
-        self.assertEqual(status, 502)
-        self.gateway.wait_for_log(r"upstream wrong1 .*certificate of wrong1 \(wrong\.example\.com\) "
-                                  r"is not valid for that name")
+        """A certificate for another name gives 502, the log says why, and no request byte
+        reaches the server."""
+        self.assert_refused_unseen(
+            "GET", "/wrong", None,
+            r"upstream wrong1 .*certificate of wrong1 \(wrong\.example\.com\) is not valid for that name",
+        )
+
+    def test_wrong_name_with_body(self) -> None:
+        """A request with a body (sent by a registered producer) reaches no server whose
+        certificate is for another name either."""
+        self.assert_refused_unseen(
+            "POST", "/wrongbody", b"x" * 20_000,
+            r"upstream wrongbody1 .*certificate of wrongbody1 \(wrong\.example\.com\) "
+            r"is not valid for that name",
+        )
 
     def test_untrusted(self) -> None:
-        """Without tls_ca the system trust store is used, which doesn't know the test CA: 502."""
-        status, _ = self.get("/untrusted")
-        self.assertEqual(status, 502)
-        self.gateway.wait_for_log(r"upstream untrusted1 .*TLS handshake with untrusted1 .*failed: "
-                                  r"certificate verify failed")
+        """Without tls_ca the system trust store is used, which doesn't know the test CA: 502,
+        and no request byte reaches the server."""
+        self.assert_refused_unseen(
+            "GET", "/untrusted", None,
+            r"upstream untrusted1 .*TLS handshake with untrusted1 .*failed: certificate verify failed",
+        )
+
+    def test_recorder_sees_requests(self) -> None:
+        """The recording origin does record a request that reaches it (tls_verify = false),
+        so the empty records above mean that nothing was sent."""
+        start = len(self.recorder.records)
+        self.assertEqual(self.get("/recorded/seen"), (200, b"ok"))
+        (record,) = self.recorder.finished_since(start)
+        self.assertTrue(record.handshake)
+        self.assertTrue(record.received.startswith(b"GET /recorded/seen HTTP/1.1\r\n"), record.received)
 
     def test_verify_off(self) -> None:
         """tls_verify = false connects whatever the certificate, and said so at start."""
