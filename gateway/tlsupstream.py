@@ -163,9 +163,10 @@ def _is_ip(name: str) -> bool:
 class HandshakeGate(Protocol):
     """Stands between TLS and the real connection until the handshake is done.
 
-    States: waiting (TLS up, handshake running, timer armed), through (the
-    real protocol is connected and receives everything directly: the gate is
-    out of the path), failed (the attempt was reported as a failed connect).
+    States: waiting (TLS up, handshake running or aborted by a failed
+    verification, timer armed), through (the real protocol is connected and
+    receives everything directly: the gate is out of the path), failed (the
+    attempt was reported as a failed connect).
     """
 
     def __init__(
@@ -189,7 +190,20 @@ class HandshakeGate(Protocol):
         self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
-        """Verified: connect the real protocol and step out of the way."""
+        """Verified: connect the real protocol and step out of the way.
+
+        Unless the TLS layer is already closing.  Twisted 25.5 (the last
+        release for Python 3.9, so what PyPy runs) checks the certificate's name
+        in an info callback at the end of the handshake, aborts the connection
+        there with the error as its reason, and then reports the handshake as
+        completed all the same.  Going through would hand the pool a dead
+        connection and lose the reason; staying, the gate's ``connectionLost``
+        gets the name error and reports a failed connect.  (Twisted 26 checks
+        the name in the verify callback, so the handshake itself fails and this
+        is never called.)
+        """
+        if self.transport.disconnecting:
+            return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

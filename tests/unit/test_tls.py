@@ -18,7 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from OpenSSL import SSL
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config, tlsupstream
@@ -916,6 +919,102 @@ class UpstreamCreatorTests(FilesCase):
         self.assertEqual(len(failures), 1)
         self.assertEqual(getattr(failures[0], "status", None), 502)
         self.assertEqual(pool.open, 0)
+
+
+class _Recorder(Protocol):
+    """One end of an in-memory connection: what reached it, and whether it was connected."""
+
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting
+        self.made = False
+        self.received = b""
+        self.lost: Failure | None = None
+
+    def connectionMade(self) -> None:
+        self.made = True
+        if self.greeting:
+            self.transport.write(self.greeting)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.lost = reason
+
+
+class _Attempt:
+    """The pool's connect attempt as the gate sees it: builds the request sender."""
+
+    def __init__(self) -> None:
+        self.inner = _Recorder(b"GET /secret HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        self.failed: list[Failure] = []
+
+    def buildProtocol(self, addr: object) -> _Recorder:
+        return self.inner
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        self.failed.append(reason)
+
+
+class HandshakeGateTests(FilesCase):
+    """tlsupstream.HandshakeGate over Twisted's real TLS protocol, both ends in memory."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        tlsupstream.clear_cache()
+        self.addCleanup(tlsupstream.clear_cache)
+
+    def connect(self, name: str) -> tuple[_Attempt, _Recorder]:
+        """The gateway's TLS client for server name ``name`` against a server whose
+        certificate is for www.example.com (signed by the CA in tls_ca); both ends."""
+        from dataclasses import replace
+        from twisted.internet.protocol import Factory
+        from twisted.test.iosim import FakeTransport, connect
+
+        c = certs()
+        ca = self.write("ca.pem", c.ca.cert_pem.bytes())
+        cfg = simple_config(servers=1)
+        backend = replace(cfg.backends[0], tls_ca=ca, tls_server_name=name)
+        server = replace(backend.servers[0], scheme="https")
+        clock = MemoryReactorClock()
+        attempt = _Attempt()
+        client = tlsupstream.connect_factory(clock, attempt, server, backend).buildProtocol(None)
+        origin = _Recorder()
+        cert, key = self.leaf("www", c.rsa)
+        material, _ = load_site("www", ["www.example.com"], self.site_files(cert=cert, key=key), NOW.timestamp())
+        creator = ServerTLS("web")
+        creator.install(ServerSettings("web"), [material], "www")
+        listener = TLSServerFactory(creator, Factory.forProtocol(lambda: origin), clock)
+        server_side = listener.buildProtocol(None)
+        pump = connect(server_side, FakeTransport(server_side, True),
+                       client, FakeTransport(client, False), greet=False, clock=clock)
+        pump.flush()
+        clock.advance(30)  # past timeout_connect: no timer may be left to fire
+        pump.flush()
+        return attempt, origin
+
+    def test_wrong_name_is_a_failed_connect(self) -> None:
+        """A certificate for another name fails the connect with the name error; the
+        request sender is never connected and the server reads no application byte.
+
+        On Twisted 25.5 the name is checked in an info callback that aborts the
+        connection and then reports the handshake as completed anyway.
+        """
+        attempt, origin = self.connect("wrong.example.com")
+        self.assertFalse(attempt.inner.made)
+        self.assertIsNone(attempt.inner.lost)
+        self.assertEqual(origin.received, b"")
+        (failure,) = attempt.failed
+        self.assertIsInstance(failure.value, tlsupstream.UpstreamTLSError)
+        self.assertIn("is not valid for that name", str(failure.value))
+
+    def test_right_name_goes_through(self) -> None:
+        """With the certificate's name the request sender is connected and the server
+        reads its bytes (so the test above would see them if they were sent)."""
+        attempt, origin = self.connect("www.example.com")
+        self.assertEqual(attempt.failed, [])
+        self.assertTrue(attempt.inner.made)
+        self.assertTrue(origin.received.startswith(b"GET /secret HTTP/1.1\r\n"), origin.received)
 
 
 # -- redirect ---------------------------------------------------------------------------
