@@ -12,7 +12,9 @@ Invariants:
   its last bytes, so a corrupted body never reaches a client complete: the
   connection is cut (or, if nothing was sent yet, the entry is refetched).
 - At most one chunk of a body is in memory; the client's socket paces the
-  reads (backpressure through ``pauseProducing``).
+  reads (backpressure through ``pauseProducing``). A body of at most one
+  chunk is read at once and leaves with the head in one write, with no
+  producer and no later reactor turn (most hits are small).
 - The entry's file is closed exactly once, when the feed ends either way.
 """
 
@@ -23,7 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from gateway.compat import SLOTS
-from gateway.bodystore import Abort, BodyProducer, BodyStoreError, FileRange, Flow
+from twisted.logger import Logger
+
+from gateway.bodystore import CHUNK_SIZE, Abort, BodyProducer, BodyStoreError, FileRange, Flow
 from gateway.cache.fields import without
 from gateway.cache.policy import with_age
 from gateway.cache.ranges import content_range, requested_range
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from gateway.parser import Headers, Request
 
 __all__ = ["Answer", "CheckedRange", "EntryFeed", "Framing", "plan_answer"]
+
+log = Logger()
 
 # Never copied from the stored head: the answer frames its own body, Age is
 # recomputed (RFC 9111 §5.1), and X-Accel-Buffering was an instruction to this
@@ -217,6 +223,7 @@ class EntryFeed:
         self._head: bytes | None = answer.head
         self._producer: BodyProducer | None = None
         self._closed = False
+        self._sent = 0
         #: Whether the head has been written.
         self.started = False
 
@@ -224,15 +231,25 @@ class EntryFeed:
     def sent(self) -> int:
         """Body bytes handed to the client so far."""
         producer = self._producer
-        return producer.sent if producer is not None else 0
+        return producer.sent if producer is not None else self._sent
 
     def start(self) -> None:
-        """Write the head (with the first chunk, if any body follows) and stream the rest."""
+        """Write the head with the body's first chunk (or all of a small body); stream the rest."""
         answer = self._answer
-        if answer.length == 0:
+        length = answer.length
+        if length == 0:
             self._send(b"")
-            self._close()
-            self._done()
+            self._finish()
+            return
+        entry = self._entry
+        fd = entry.fd
+        offset = entry.body_offset + answer.first
+        if answer.whole:
+            source: FileRange = CheckedRange(fd, offset, length, entry.meta.body_crc)
+        else:
+            source = FileRange(fd, offset, length)
+        if length <= CHUNK_SIZE:
+            self._send_whole(source, length)
             return
         consumer = self._consumer
         if getattr(consumer, "producer", None) is not None:
@@ -240,18 +257,30 @@ class EntryFeed:
             # producer with the client transport and never took it back; a
             # transport takes one producer at a time.
             consumer.unregisterProducer()
-        entry = self._entry
-        fd = entry.file.fileno()
-        offset = entry.body_offset + answer.first
-        if answer.whole:
-            source: FileRange = CheckedRange(fd, offset, answer.length, entry.meta.body_crc)
-        else:
-            source = FileRange(fd, offset, answer.length)
         self._producer = BodyProducer(
             self._reactor, source, self._consumer, on_done=self._fed, on_abort=self._cut,
             write=self._send, on_pause=self._blocked, on_resume=self._unblocked,
         )  # fmt: skip
         self._producer.start()
+
+    def _send_whole(self, source: FileRange, length: int) -> None:
+        """A body of one chunk: read it now, send it with the head, finish."""
+        try:
+            data = source.read(0, length)
+            if len(data) != length:
+                raise BodyStoreError(f"stored body ends after {len(data)} of {length} bytes")
+        except (OSError, BodyStoreError) as exc:
+            log.warn("stored body read failed: {error}", error=exc)
+            self._close()
+            self._failed(False)
+            return
+        self._sent = length
+        self._send(data)
+        self._finish()
+
+    def _finish(self) -> None:
+        self._close()
+        self._done()
 
     def stop(self) -> None:
         """The answer is abandoned (client gone, timeout): stop reading, close the entry."""
@@ -279,8 +308,7 @@ class EntryFeed:
             self._write(head)
 
     def _fed(self, _sent: int) -> None:
-        self._close()
-        self._done()
+        self._finish()
 
     def _cut(self, _sent: int, why: Abort) -> None:
         self._close()
