@@ -661,11 +661,8 @@ class Exchange:
             version=response.version[5:],
             server=runtime.server_header,
             date=http_date(self.client.reactor.seconds()),
+            hsts=runtime.hsts[self.client.factory.listener_name],
         )
-        hsts = runtime.hsts[self.client.factory.listener_name]
-        if hsts is not None:
-            headers = [(n, v) for n, v in headers if n.lower() != b"strict-transport-security"]
-            headers.append((b"Strict-Transport-Security", hsts))
         observer = self.observer
         if observer is not None:
             seen = observer.response_head(response, headers)

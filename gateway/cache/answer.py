@@ -88,11 +88,8 @@ class Answer:
 def _finish_head(status: int, reason: bytes, headers: Headers, request: Request, framing: Framing) -> bytes:
     headers = response_headers(
         headers, connection=frozenset(), via=framing.via, version=b"1.1", server=framing.server,
-        date=framing.date,
+        date=framing.date, hsts=framing.hsts,
     )  # fmt: skip
-    if framing.hsts is not None:
-        headers = [(n, v) for n, v in headers if n.lower() != b"strict-transport-security"]
-        headers.append((b"Strict-Transport-Security", framing.hsts))
     if framing.status is not None:
         headers = with_cache_status(headers, framing.status)
     if not framing.keep_alive:
