@@ -7,10 +7,14 @@ Invariants:
   body that follows it.
 - A stored body is read through :mod:`gateway.bodystore`, the read path
   spooled bodies use: a :class:`~gateway.bodystore.BodyProducer` over a
-  :class:`~gateway.bodystore.FileRange`. When the whole body goes out it is a
-  :class:`CheckedRange`, which checks the body's CRC-32 before handing over
-  its last bytes, so a corrupted body never reaches a client complete: the
-  connection is cut (or, if nothing was sent yet, the entry is refetched).
+  :class:`~gateway.bodystore.FileRange`. The first time this process sends
+  an entry version's whole body it is a :class:`CheckedRange`, which checks
+  the body's CRC-32 before handing over its last bytes, so a body corrupted
+  on disk never reaches a client complete: the connection is cut (or, if
+  nothing was sent yet, the entry is refetched). Once it checked out
+  (``Decoded.body_checked``), and for byte ranges, a body of more than one
+  chunk goes with ``sendfile`` as far as the socket takes it (like nginx),
+  the rest through the producer.
 - At most one chunk of a body is in memory; the client's socket paces the
   reads (backpressure through ``pauseProducing``). A body of at most one
   chunk is read at once and leaves with the head in one write, with no
@@ -24,9 +28,9 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from gateway.compat import SLOTS
 from twisted.logger import Logger
 
+from gateway.compat import SLOTS
 from gateway.bodystore import CHUNK_SIZE, Abort, BodyProducer, BodyStoreError, FileRange, Flow
 from gateway.cache.fields import without
 from gateway.cache.policy import with_age
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IReactorTime
 
     from gateway.cache.entry import Entry
+    from gateway.fastwrite import SendFile
     from gateway.parser import Headers, Request
 
 __all__ = ["Answer", "CheckedRange", "EntryFeed", "Framing", "plan_answer"]
@@ -184,8 +189,9 @@ class CheckedRange(FileRange):
 class EntryFeed:
     """Writes one answer's head and stored body bytes to a client, then reports.
 
-    ``write``/``write_sequence`` are the client's send functions; the head
-    leaves with the first body chunk in one vectored write. ``done()`` runs
+    ``write``/``write_sequence``/``send_file`` are the client's send
+    functions (:mod:`gateway.fastwrite`); the head leaves with the first body
+    chunk in one vectored write, or alone before a ``sendfile``. ``done()`` runs
     after the last byte; ``failed(started)`` when the body could not be read
     (``started``: whether any byte of the answer went out); ``gone()`` when
     the client went away. The entry is closed before any of them runs.
@@ -200,6 +206,7 @@ class EntryFeed:
         *,
         write: Callable[[bytes], None],
         write_sequence: Callable[[list[bytes]], None],
+        send_file: SendFile,
         blocked: Callable[[], None],
         unblocked: Callable[[], None],
         done: Callable[[], None],
@@ -212,6 +219,7 @@ class EntryFeed:
         self._consumer = consumer
         self._write = write
         self._write_sequence = write_sequence
+        self._send_file = send_file
         self._blocked = blocked
         self._unblocked = unblocked
         self._done = done
@@ -221,6 +229,7 @@ class EntryFeed:
         self._producer: BodyProducer | None = None
         self._closed = False
         self._sent = 0
+        self._checking = False
         #: Whether the head has been written.
         self.started = False
 
@@ -228,7 +237,7 @@ class EntryFeed:
     def sent(self) -> int:
         """Body bytes handed to the client so far."""
         producer = self._producer
-        return producer.sent if producer is not None else self._sent
+        return self._sent + (producer.sent if producer is not None else 0)
 
     def start(self) -> None:
         """Write the head with the body's first chunk (or all of a small body); stream the rest."""
@@ -241,13 +250,21 @@ class EntryFeed:
         entry = self._entry
         fd = entry.fd
         offset = entry.body_offset + answer.first
-        if answer.whole:
+        self._checking = answer.whole and not entry.decoded.body_checked
+        if self._checking:
             source: FileRange = CheckedRange(fd, offset, length, entry.meta.body_crc)
         else:
             source = FileRange(fd, offset, length)
         if length <= CHUNK_SIZE:
             self._send_whole(source, length)
             return
+        if not self._checking:
+            self._send(b"")
+            sent = self._sent = self._send_file(fd, offset, length)
+            if sent == length:
+                self._finish()
+                return
+            source = FileRange(fd, offset + sent, length - sent)
         consumer = self._consumer
         if getattr(consumer, "producer", None) is not None:
             # An exchange that failed after its response head registered a
@@ -276,6 +293,8 @@ class EntryFeed:
         self._finish()
 
     def _finish(self) -> None:
+        if self._checking:
+            self._entry.decoded.body_checked = True
         self._close()
         self._done()
 

@@ -14,7 +14,8 @@ Invariants:
   file is exactly ``36 + body_length + meta_length`` bytes long, so truncation
   anywhere, a torn metadata update or a flipped header/metadata bit is found
   before a byte is served. The body's own CRC-32 is in the metadata, checked
-  while a whole body is streamed (``answer.CheckedRange``).
+  while a whole body is streamed (``answer.CheckedRange``) the first time
+  this process serves that entry version (:class:`Decoded`).
 - The metadata sits after the body so that freshening an entry after a 304
   rewrites only the metadata and header, never the body.
 - Decoding never trusts a length: every read is bounds-checked and any
@@ -159,16 +160,20 @@ class Decoded:
     Valid for the file version with this ``entry_id`` and ``meta_crc`` (the
     checked header names both). ``fresh`` is the caching route's memo for
     this head: ``(rules, Freshness)`` (``flow.CacheExchange``), so a hit does
-    not parse Cache-Control and dates again.
+    not parse Cache-Control and dates again. ``body_checked``: the whole body
+    was read back and matched its CRC-32 once in this process
+    (``answer.EntryFeed``); bodies are never rewritten in place, so later
+    hits on this version may send it without reading it (``sendfile``).
     """
 
-    __slots__ = ("entry_id", "meta_crc", "meta", "fresh")
+    __slots__ = ("entry_id", "meta_crc", "meta", "fresh", "body_checked")
 
     def __init__(self, entry_id: int, meta_crc: int, meta: EntryMeta) -> None:
         self.entry_id = entry_id
         self.meta_crc = meta_crc
         self.meta = meta
         self.fresh: tuple[CacheRules, Freshness] | None = None
+        self.body_checked = False
 
 
 class _Cursor:

@@ -519,7 +519,7 @@ class CacheExchange:
         info = entry.info
         feed = self._feed = EntryFeed(
             client.reactor, entry, answer, client.transport,
-            write=client.write, write_sequence=client.write_sequence,
+            write=client.write, write_sequence=client.write_sequence, send_file=client.send_file,
             blocked=client.client_write_blocked, unblocked=client.client_write_unblocked,
             done=self._served, failed=lambda started: self._unreadable(info, started), gone=self._gone,
         )  # fmt: skip
