@@ -63,6 +63,7 @@ class GatewaySettings:
     cache_max_size: int = 1024 * 1024 * 1024
     cache_max_object: int = 64 * 1024 * 1024
     cache_fsync: bool = False
+    cache_hot_entries: int = 4096
     cache_purge_from: tuple[str, ...] = ()
     cache_status_name: str = "gateway"
 

@@ -356,6 +356,7 @@ GATEWAY: Mapping[str, ValueParser] = {
     "cache_max_size": Size(1024**2, 1024 * _GIB),
     "cache_max_object": Size(1024, 1024 * _GIB),
     "cache_fsync": Boolean(),
+    "cache_hot_entries": Count(0, 1_000_000),
     "cache_purge_from": NetworkList(),
     "cache_status_name": Token(),
 }

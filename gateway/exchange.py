@@ -30,8 +30,9 @@ from gateway.errors import (
     GatewayTimeout,
     ServiceUnavailable,
 )
-from gateway.headers import request_headers, response_headers, serialize_head
+from gateway.headers import response_headers, serialize_head
 from gateway.httpdate import http_date
+from gateway.outbound import request_head
 from gateway.pauses import ReasonProducer
 from gateway.bodystore import BodyProducer
 from gateway.spool import Room, Spool, SpoolError
@@ -611,45 +612,11 @@ class Exchange:
         """The client transport went away while it was our consumer."""
 
     def _request_head(self, *, chunked: bool | None = None, length: int | None = None) -> bytes:
-        """The upstream request head; ``chunked``/``length`` override the framing
-        when a buffered body is sent (a spooled chunked body has a length)."""
-        request = self.request
-        runtime = self.runtime
-        client = self.client
-        configured = self.backend.config.host_header
-        host_override = configured.encode("idna") if configured else None
-        if host_override is None and not self.host:
-            # An HTTP/1.0 request may come without Host; HTTP/1.1 upstream
-            # needs one (RFC 9112 §3.2): name the server, as nginx's $proxy_host.
-            host_override = self.upstream_address.encode("ascii")
-        headers = request_headers(
-            request.headers,
-            connection=request.connection,
-            peer_ip=client.peer_ip,
-            peer_port=client.peer_port,
-            proto=client.proto,
-            host=self.host,
-            via=runtime.via,
-            version=request.version[5:],
-            trusted=client.peer_trusted,
-            host_override=host_override,
-            listener=client.listener_name,
-            strip=client.subject_header[0],
-            forwarded=client.forwarded_element(self.host),
-        )
-        subject = client.client_subject
-        if subject is not None and client.subject_header[0]:
-            headers.append((client.subject_header[1], subject))
-        if request.expect_continue:
-            # The gateway answers 100 Continue itself (gateway.frontend), so the
-            # expectation is met and must not travel on (RFC 9110 §10.1.1).
-            headers = [(n, v) for n, v in headers if n.lower() != b"expect"]
-        if length is not None:
-            headers.append((b"Content-Length", b"%d" % length))
-        elif request.chunked if chunked is None else chunked:
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        line = b"%s %s HTTP/1.1" % (request.method, self.path)
-        return serialize_head(line, headers)
+        return request_head(
+            self.request, self.path, self.host, self.client, via=self.runtime.via,
+            host_header=self.backend.config.host_header, server_address=self.upstream_address,
+            chunked=chunked, length=length,
+        )  # fmt: skip
 
     def _response_head(self, response: Response) -> bytes:
         request = self.request
@@ -661,11 +628,8 @@ class Exchange:
             version=response.version[5:],
             server=runtime.server_header,
             date=http_date(self.client.reactor.seconds()),
+            hsts=runtime.hsts[self.client.factory.listener_name],
         )
-        hsts = runtime.hsts[self.client.factory.listener_name]
-        if hsts is not None:
-            headers = [(n, v) for n, v in headers if n.lower() != b"strict-transport-security"]
-            headers.append((b"Strict-Transport-Security", hsts))
         observer = self.observer
         if observer is not None:
             seen = observer.response_head(response, headers)

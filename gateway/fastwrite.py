@@ -9,7 +9,8 @@ downstream), so on the hot path that overhead rivals the HTTP work itself.
 transport, sends immediately with ``socket.send`` (or ``sendmsg`` for a
 sequence: one vectored syscall, no join), and hands whatever the kernel did not
 take to ``transport.write``. Ordering holds because the fast path is only taken
-with an empty queue. Transports that are not plain TCP (TLS, whether as a
+with an empty queue. :func:`file_sender_for` does the same for file bytes with
+``os.sendfile`` (no copy through Python), leaving the rest to the caller. Transports that are not plain TCP (TLS, whether as a
 wrapping protocol or Twisted's native ``startTLS``, and tests'
 ``StringTransport``) get their own ``write`` unchanged.
 
@@ -20,12 +21,15 @@ tests exercise it over a real socket pair so a change would show.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 from twisted.internet.tcp import Connection
 
 Write = Callable[[bytes], None]
 WriteSequence = Callable[[Sequence[bytes]], None]
+#: ``send_file(fd, offset, count)``: how many bytes went to the socket now.
+SendFile = Callable[[int, int, int], int]
 
 
 def _idle(transport: Connection) -> bool:
@@ -84,3 +88,39 @@ def writer_for(transport: object) -> tuple[Write, WriteSequence]:
             queue(piece)
 
     return write, write_sequence
+
+
+def _send_nothing(_fd: int, _offset: int, _count: int) -> int:
+    return 0
+
+
+def file_sender_for(transport: object) -> SendFile:
+    """``send_file(fd, offset, count)`` for ``transport``: file bytes sent straight to its socket.
+
+    While nothing is queued on a plain TCP transport, ``os.sendfile`` sends
+    from the file as far as the socket takes without blocking (nginx's
+    ``sendfile on``); the count sent is returned and the caller sends the rest
+    its usual way, with backpressure. Anything else (TLS, a queue, an error,
+    the file ending early) sends nothing more and leaves it to that usual way,
+    which meets and reports the condition itself.
+    """
+    if not isinstance(transport, Connection) or transport.TLS:
+        return _send_nothing
+    sock = transport.socket
+
+    def send_file(fd: int, offset: int, count: int) -> int:
+        if not _idle(transport):
+            return 0
+        out = sock.fileno()
+        sent = 0
+        while sent < count:
+            try:
+                n = os.sendfile(out, fd, offset + sent, count - sent)
+            except OSError:  # BlockingIOError: the socket is full; others: reported by Twisted later
+                break
+            if n == 0:
+                break
+            sent += n
+        return sent
+
+    return send_file

@@ -41,7 +41,7 @@ from gateway.errors import (
     RequestTimeout,
 )
 from gateway.exchange import Exchange
-from gateway.fastwrite import writer_for
+from gateway.fastwrite import file_sender_for, writer_for
 from gateway.httpdate import http_date
 from gateway.pages import error_response
 from gateway.parser import Request, check_partial_head, head_end, parse_request
@@ -133,6 +133,7 @@ class ClientConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.write, self.write_sequence = writer_for(self.transport)
+        self.send_file = file_sender_for(self.transport)
         self.pauses = Pauses(self.transport.pauseProducing, self.transport.resumeProducing)
         self.peer_trusted = self.peer_ip in self.factory.runtime().trusted
         self._deadline.arm(self._listener().timeout_idle, self._idle_timeout)

@@ -71,12 +71,13 @@ _REQUEST_RULED: frozenset[bytes] = frozenset(
 # remembered (a pure memo: the answer depends on the name alone), so the usual
 # upstream's few dozen spellings cost one dict probe each; the memo stops
 # growing at _KIND_MEMO_LIMIT names, since upstreams choose them.
-_PASS, _LENGTH, _SERVER, _DATE, _VIA, _DROP = range(6)
+_PASS, _LENGTH, _SERVER, _DATE, _VIA, _STS, _DROP = range(7)
 _RESPONSE_RULED: dict[bytes, int] = {
     b"content-length": _LENGTH,
     b"server": _SERVER,
     b"date": _DATE,
     b"via": _VIA,
+    b"strict-transport-security": _STS,
 }
 _KIND_MEMO_LIMIT = 1024
 _response_kinds: dict[bytes, int] = {}
@@ -398,6 +399,7 @@ def response_headers(
     version: bytes,
     server: bytes,
     date: bytes,
+    hsts: bytes | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The header list to send to the client for an upstream response with ``headers``.
 
@@ -419,6 +421,8 @@ def response_headers(
       appended last as one field.
     - Date (RFC 9110 §6.6.1): a recipient with a clock forwarding a response
       without Date MUST append one; ``date`` is that IMF-fixdate.
+    - Strict-Transport-Security: with ``hsts`` (the listener's policy) every
+      received one is replaced by ours, appended last; without, they pass.
     """
     out: list[tuple[bytes, bytes]] = []
     append = out.append
@@ -448,6 +452,9 @@ def response_headers(
         elif kind == _DATE:
             dated = True
             append(pair)
+        elif kind == _STS:
+            if hsts is None:
+                append(pair)
         elif kind == _VIA:
             if pair[1] and (not connection or name.lower() not in connection):
                 if via_in is None:
@@ -461,6 +468,8 @@ def response_headers(
     if not dated:
         append((b"Date", date))
     append((b"Via", _extended(via_in, version + b" " + via)))
+    if hsts is not None:
+        append((b"Strict-Transport-Security", hsts))
     return out
 
 

@@ -7,12 +7,18 @@ Invariants:
   body that follows it.
 - A stored body is read through :mod:`gateway.bodystore`, the read path
   spooled bodies use: a :class:`~gateway.bodystore.BodyProducer` over a
-  :class:`~gateway.bodystore.FileRange`. When the whole body goes out it is a
-  :class:`CheckedRange`, which checks the body's CRC-32 before handing over
-  its last bytes, so a corrupted body never reaches a client complete: the
-  connection is cut (or, if nothing was sent yet, the entry is refetched).
+  :class:`~gateway.bodystore.FileRange`. The first time this process sends
+  an entry version's whole body it is a :class:`CheckedRange`, which checks
+  the body's CRC-32 before handing over its last bytes, so a body corrupted
+  on disk never reaches a client complete: the connection is cut (or, if
+  nothing was sent yet, the entry is refetched). Once it checked out
+  (``Decoded.body_checked``), and for byte ranges, a body of more than one
+  chunk goes with ``sendfile`` as far as the socket takes it (like nginx),
+  the rest through the producer.
 - At most one chunk of a body is in memory; the client's socket paces the
-  reads (backpressure through ``pauseProducing``).
+  reads (backpressure through ``pauseProducing``). A body of at most one
+  chunk is read at once and leaves with the head in one write, with no
+  producer and no later reactor turn (most hits are small).
 - The entry's file is closed exactly once, when the feed ends either way.
 """
 
@@ -22,8 +28,10 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from twisted.logger import Logger
+
 from gateway.compat import SLOTS
-from gateway.bodystore import Abort, BodyProducer, BodyStoreError, FileRange, Flow
+from gateway.bodystore import CHUNK_SIZE, Abort, BodyProducer, BodyStoreError, FileRange, Flow
 from gateway.cache.fields import without
 from gateway.cache.policy import with_age
 from gateway.cache.ranges import content_range, requested_range
@@ -35,9 +43,12 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IReactorTime
 
     from gateway.cache.entry import Entry
+    from gateway.fastwrite import SendFile
     from gateway.parser import Headers, Request
 
 __all__ = ["Answer", "CheckedRange", "EntryFeed", "Framing", "plan_answer"]
+
+log = Logger()
 
 # Never copied from the stored head: the answer frames its own body, Age is
 # recomputed (RFC 9111 §5.1), and X-Accel-Buffering was an instruction to this
@@ -82,11 +93,8 @@ class Answer:
 def _finish_head(status: int, reason: bytes, headers: Headers, request: Request, framing: Framing) -> bytes:
     headers = response_headers(
         headers, connection=frozenset(), via=framing.via, version=b"1.1", server=framing.server,
-        date=framing.date,
+        date=framing.date, hsts=framing.hsts,
     )  # fmt: skip
-    if framing.hsts is not None:
-        headers = [(n, v) for n, v in headers if n.lower() != b"strict-transport-security"]
-        headers.append((b"Strict-Transport-Security", framing.hsts))
     if framing.status is not None:
         headers = with_cache_status(headers, framing.status)
     if not framing.keep_alive:
@@ -181,8 +189,9 @@ class CheckedRange(FileRange):
 class EntryFeed:
     """Writes one answer's head and stored body bytes to a client, then reports.
 
-    ``write``/``write_sequence`` are the client's send functions; the head
-    leaves with the first body chunk in one vectored write. ``done()`` runs
+    ``write``/``write_sequence``/``send_file`` are the client's send
+    functions (:mod:`gateway.fastwrite`); the head leaves with the first body
+    chunk in one vectored write, or alone before a ``sendfile``. ``done()`` runs
     after the last byte; ``failed(started)`` when the body could not be read
     (``started``: whether any byte of the answer went out); ``gone()`` when
     the client went away. The entry is closed before any of them runs.
@@ -197,6 +206,7 @@ class EntryFeed:
         *,
         write: Callable[[bytes], None],
         write_sequence: Callable[[list[bytes]], None],
+        send_file: SendFile,
         blocked: Callable[[], None],
         unblocked: Callable[[], None],
         done: Callable[[], None],
@@ -209,6 +219,7 @@ class EntryFeed:
         self._consumer = consumer
         self._write = write
         self._write_sequence = write_sequence
+        self._send_file = send_file
         self._blocked = blocked
         self._unblocked = unblocked
         self._done = done
@@ -217,6 +228,8 @@ class EntryFeed:
         self._head: bytes | None = answer.head
         self._producer: BodyProducer | None = None
         self._closed = False
+        self._sent = 0
+        self._checking = False
         #: Whether the head has been written.
         self.started = False
 
@@ -224,34 +237,66 @@ class EntryFeed:
     def sent(self) -> int:
         """Body bytes handed to the client so far."""
         producer = self._producer
-        return producer.sent if producer is not None else 0
+        return self._sent + (producer.sent if producer is not None else 0)
 
     def start(self) -> None:
-        """Write the head (with the first chunk, if any body follows) and stream the rest."""
+        """Write the head with the body's first chunk (or all of a small body); stream the rest."""
         answer = self._answer
-        if answer.length == 0:
+        length = answer.length
+        if length == 0:
             self._send(b"")
-            self._close()
-            self._done()
+            self._finish()
             return
+        entry = self._entry
+        fd = entry.fd
+        offset = entry.body_offset + answer.first
+        self._checking = answer.whole and not entry.decoded.body_checked
+        if self._checking:
+            source: FileRange = CheckedRange(fd, offset, length, entry.meta.body_crc)
+        else:
+            source = FileRange(fd, offset, length)
+        if length <= CHUNK_SIZE:
+            self._send_whole(source, length)
+            return
+        if not self._checking:
+            self._send(b"")
+            sent = self._sent = self._send_file(fd, offset, length)
+            if sent == length:
+                self._finish()
+                return
+            source = FileRange(fd, offset + sent, length - sent)
         consumer = self._consumer
         if getattr(consumer, "producer", None) is not None:
             # An exchange that failed after its response head registered a
             # producer with the client transport and never took it back; a
             # transport takes one producer at a time.
             consumer.unregisterProducer()
-        entry = self._entry
-        fd = entry.file.fileno()
-        offset = entry.body_offset + answer.first
-        if answer.whole:
-            source: FileRange = CheckedRange(fd, offset, answer.length, entry.meta.body_crc)
-        else:
-            source = FileRange(fd, offset, answer.length)
         self._producer = BodyProducer(
             self._reactor, source, self._consumer, on_done=self._fed, on_abort=self._cut,
             write=self._send, on_pause=self._blocked, on_resume=self._unblocked,
         )  # fmt: skip
         self._producer.start()
+
+    def _send_whole(self, source: FileRange, length: int) -> None:
+        """A body of one chunk: read it now, send it with the head, finish."""
+        try:
+            data = source.read(0, length)
+            if len(data) != length:
+                raise BodyStoreError(f"stored body ends after {len(data)} of {length} bytes")
+        except (OSError, BodyStoreError) as exc:
+            log.warn("stored body read failed: {error}", error=exc)
+            self._close()
+            self._failed(False)
+            return
+        self._sent = length
+        self._send(data)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._checking:
+            self._entry.decoded.body_checked = True
+        self._close()
+        self._done()
 
     def stop(self) -> None:
         """The answer is abandoned (client gone, timeout): stop reading, close the entry."""
@@ -279,8 +324,7 @@ class EntryFeed:
             self._write(head)
 
     def _fed(self, _sent: int) -> None:
-        self._close()
-        self._done()
+        self._finish()
 
     def _cut(self, _sent: int, why: Abort) -> None:
         self._close()

@@ -14,13 +14,19 @@ Invariants:
   file is exactly ``36 + body_length + meta_length`` bytes long, so truncation
   anywhere, a torn metadata update or a flipped header/metadata bit is found
   before a byte is served. The body's own CRC-32 is in the metadata, checked
-  while a whole body is streamed (``answer.CheckedRange``).
+  while a whole body is streamed (``answer.CheckedRange``) the first time
+  this process serves that entry version (:class:`Decoded`).
 - The metadata sits after the body so that freshening an entry after a 304
   rewrites only the metadata and header, never the body.
 - Decoding never trusts a length: every read is bounds-checked and any
   inconsistency raises :class:`CorruptEntry`.
 - :class:`EntryInfo` is what the store's index keeps per entry (no headers);
   :class:`Entry` is an opened, validated entry with its file.
+- Metadata is decoded once per entry and version: a :class:`Decoded` names
+  the entry id and metadata CRC it was decoded from, and a later read whose
+  checked header carries both (and whose file length agrees) takes it instead
+  of reading and decoding the metadata again. What it holds was checked when
+  it was decoded, so a metadata bit flipped since is not served either way.
 - Several processes may use one entry file at once: one updating it in place
   holds an exclusive ``flock`` on it, and :func:`read_entry_file` rereads
   under a shared lock before calling a file corrupt, so a torn read is never
@@ -36,7 +42,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from twisted.logger import Logger
 
@@ -44,10 +50,14 @@ from gateway.cache.keys import secondary_key
 from gateway.compat import SLOTS
 from gateway.parser import Headers
 
+if TYPE_CHECKING:
+    from gateway.cache.policy import CacheRules, Freshness
+
 __all__ = [
     "HEADER_SIZE",
     "MAX_META_SIZE",
     "CorruptEntry",
+    "Decoded",
     "Entry",
     "EntryInfo",
     "EntryMeta",
@@ -142,6 +152,28 @@ def encode_meta(meta: EntryMeta) -> bytes:
     for key in meta.surrogate_keys:
         parts += (_U16.pack(len(key)), key)
     return b"".join(parts)
+
+
+class Decoded:
+    """An entry's metadata as decoded from its file, and what was derived from it.
+
+    Valid for the file version with this ``entry_id`` and ``meta_crc`` (the
+    checked header names both). ``fresh`` is the caching route's memo for
+    this head: ``(rules, Freshness)`` (``flow.CacheExchange``), so a hit does
+    not parse Cache-Control and dates again. ``body_checked``: the whole body
+    was read back and matched its CRC-32 once in this process
+    (``answer.EntryFeed``); bodies are never rewritten in place, so later
+    hits on this version may send it without reading it (``sendfile``).
+    """
+
+    __slots__ = ("entry_id", "meta_crc", "meta", "fresh", "body_checked")
+
+    def __init__(self, entry_id: int, meta_crc: int, meta: EntryMeta) -> None:
+        self.entry_id = entry_id
+        self.meta_crc = meta_crc
+        self.meta = meta
+        self.fresh: tuple[CacheRules, Freshness] | None = None
+        self.body_checked = False
 
 
 class _Cursor:
@@ -263,27 +295,31 @@ class EntryInfo:
 class Entry:
     """An opened, validated entry: its metadata and an open file to stream the body from.
 
-    The body is ``body_length`` bytes at ``body_offset`` in ``file``; read it
-    with :meth:`read` or stream it through :mod:`gateway.bodystore` (``answer.EntryFeed``). Close
-    the entry when done (also usable as a context manager).
+    The body is ``body_length`` bytes at ``body_offset`` in the descriptor
+    ``fd``; read it with :meth:`read` or stream it through
+    :mod:`gateway.bodystore` (``answer.EntryFeed``). Close the entry when done,
+    once or more (also usable as a context manager).
     """
 
-    __slots__ = ("info", "meta", "file", "body_offset", "body_length")
+    __slots__ = ("info", "decoded", "meta", "fd", "body_offset", "body_length")
 
-    def __init__(self, info: EntryInfo, meta: EntryMeta, fd: int, body_length: int) -> None:
+    def __init__(self, info: EntryInfo, decoded: Decoded, fd: int, body_length: int) -> None:
         self.info = info
-        self.meta = meta
-        self.file = os.fdopen(fd, "rb", buffering=0)
+        self.decoded = decoded
+        self.meta = decoded.meta
+        self.fd = fd
         self.body_offset = HEADER_SIZE
         self.body_length = body_length
 
     def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` body bytes from body position ``offset``."""
         size = max(0, min(size, self.body_length - offset))
-        return os.pread(self.file.fileno(), size, self.body_offset + offset) if size else b""
+        return os.pread(self.fd, size, self.body_offset + offset) if size else b""
 
     def close(self) -> None:
-        self.file.close()
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __enter__(self) -> Entry:
         return self
@@ -295,39 +331,50 @@ class Entry:
 class EntryRead(NamedTuple):
     """What an entry file holds, read and validated (:func:`read_entry_file`)."""
 
-    meta: EntryMeta
+    decoded: Decoded
     body_length: int
-    entry_id: int
     size: int
 
+    @property
+    def meta(self) -> EntryMeta:
+        return self.decoded.meta
 
-def _read(fd: int) -> EntryRead:
+    @property
+    def entry_id(self) -> int:
+        return self.decoded.entry_id
+
+
+def _read(fd: int, known: Decoded | None) -> EntryRead:
     size = os.fstat(fd).st_size
     body_length, meta_length, meta_crc, entry_id = unpack_header(os.pread(fd, HEADER_SIZE, 0))
     if size != HEADER_SIZE + body_length + meta_length:
         raise CorruptEntry(f"file is {size} bytes, header says {HEADER_SIZE + body_length + meta_length}")
+    if known is not None and known.entry_id == entry_id and known.meta_crc == meta_crc:
+        return EntryRead(known, body_length, size)
     encoded = os.pread(fd, meta_length, HEADER_SIZE + body_length)
     if len(encoded) != meta_length or zlib.crc32(encoded) != meta_crc:
         raise CorruptEntry("metadata checksum mismatch")
-    return EntryRead(decode_meta(encoded), body_length, entry_id, size)
+    return EntryRead(Decoded(entry_id, meta_crc, decode_meta(encoded)), body_length, size)
 
 
-def read_entry_file(fd: int, *, locked: bool = False) -> EntryRead:
+def read_entry_file(fd: int, *, locked: bool = False, known: Decoded | None = None) -> EntryRead:
     """Read and validate the open entry file ``fd``; raises :class:`CorruptEntry` or ``OSError``.
 
     A file that fails is read once more under a shared ``flock``: another
     process may be updating it in place under its exclusive one, and waiting
     for that tells a torn read from a corrupt file. ``locked``: the caller
     holds the exclusive lock already (it is the updater), so one read decides.
+    ``known``: metadata decoded earlier from this file, taken (not read again)
+    if the header still names its entry id and metadata CRC.
     """
     try:
-        return _read(fd)
+        return _read(fd, known)
     except CorruptEntry:
         if locked:
             raise
     fcntl.flock(fd, fcntl.LOCK_SH)
     try:
-        return _read(fd)
+        return _read(fd, known)
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
 

@@ -253,7 +253,7 @@ class CacheExchange:
             return
         meta = entry.meta
         rules = self.policy.rules
-        fresh = freshness(meta.status, meta.headers, meta.request_time, meta.response_time, rules)
+        fresh = self._freshness(entry)
         verdict = decide(fresh, control, now)
         use = verdict.use
         if use is Use.FRESH or use is Use.STALE:
@@ -519,7 +519,7 @@ class CacheExchange:
         info = entry.info
         feed = self._feed = EntryFeed(
             client.reactor, entry, answer, client.transport,
-            write=client.write, write_sequence=client.write_sequence,
+            write=client.write, write_sequence=client.write_sequence, send_file=client.send_file,
             blocked=client.client_write_blocked, unblocked=client.client_write_unblocked,
             done=self._served, failed=lambda started: self._unreadable(info, started), gone=self._gone,
         )  # fmt: skip
@@ -534,9 +534,7 @@ class CacheExchange:
             self._refetch()
             return
         self._close_entry()
-        meta = entry.meta
-        fresh = freshness(meta.status, meta.headers, meta.request_time, meta.response_time, self.policy.rules)
-        self._serve(entry, fresh, fwd=self._fwd, fwd_status=304)
+        self._serve(entry, self._freshness(entry), fwd=self._fwd, fwd_status=304)
 
     def _serve_stale(self, fwd_status: int | None) -> None:
         """The origin failed and the stored response may stand in (RFC 5861 §4)."""
@@ -578,6 +576,23 @@ class CacheExchange:
         self.step = Step.DONE
 
     # -- helpers -------------------------------------------------------------------
+
+    def _freshness(self, entry: Entry) -> Freshness:
+        """The entry's :class:`Freshness` under this route's rules, computed once per decoded head.
+
+        It depends only on the stored head and the rules, so it is kept on
+        the entry's :class:`~gateway.cache.entry.Decoded` (which the store
+        keeps for its hot entries) rather than parsed again on every hit.
+        """
+        rules = self.policy.rules
+        decoded = entry.decoded
+        memo = decoded.fresh
+        if memo is not None and memo[0] is rules:
+            return memo[1]
+        meta = decoded.meta
+        fresh = freshness(meta.status, meta.headers, meta.request_time, meta.response_time, rules)
+        decoded.fresh = (rules, fresh)
+        return fresh
 
     def _with_status(self, headers: Headers, **params: object) -> Headers:
         value = self.policy.status(

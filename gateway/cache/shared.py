@@ -81,6 +81,7 @@ class SharedCache:
             max_object_size=settings.cache_max_object,
             fsync=settings.cache_fsync,
             journal=journal,
+            hot_entries=settings.cache_hot_entries,
         )
         self.peers = Peers(clock, self.store, journal, JanitorLock(os.path.join(directory, LOCK_NAME)))
         self.fills = FillTable(clock)
@@ -98,11 +99,12 @@ class SharedCache:
         return bool(settings.cache_dir) and self.store.directory == os.path.abspath(settings.cache_dir)
 
     def configure(self, settings: GatewaySettings) -> None:
-        """Apply a reloaded configuration's bounds and fsync; a smaller bound evicts at once (janitor process)."""
+        """Apply a reloaded configuration's bounds, fsync and hot entries; a smaller bound evicts at once (janitor process)."""
         store = self.store
         store.max_object_size = min(settings.cache_max_object, settings.cache_max_size)
         store.max_size = settings.cache_max_size
         store.fsync = settings.cache_fsync
+        store.hot_entries = settings.cache_hot_entries
         if self.ready and self.peers.role is Role.JANITOR and store.total_size > store.max_size:
             store.janitor()
 

@@ -32,7 +32,10 @@ Invariants:
   stay within ``max_size`` plus what the others commit between that catch-up
   and the rename.
 - File I/O is blocking and runs on the reactor thread: opening an entry reads
-  its 36-byte header and its metadata (a few hundred bytes); commits, purges
+  its 36-byte header and its metadata (a few hundred bytes), or only the
+  header when the metadata it names is among the ``hot_entries`` most
+  recently opened ones kept decoded (:class:`~gateway.cache.entry.Decoded`);
+  commits, purges
   and evictions are a rename or an unlink each (plus a header read, to check
   what is unlinked). Bodies are never read or written whole: writers take
   chunks as they arrive and readers hand out a file, offset and length for
@@ -63,6 +66,7 @@ from gateway.cache.entry import (
     OPEN_READ,
     OPEN_UPDATE,
     CorruptEntry,
+    Decoded,
     Entry,
     EntryInfo,
     EntryMeta,
@@ -145,7 +149,8 @@ class DiskStore:
     ``startService``). ``clock`` stamps last access for LRU. ``max_size`` bounds
     ``total_size`` (bytes of entry files) after every commit; the janitor
     brings it down to ``low_water * max_size``. ``max_object_size`` bounds one
-    body. ``fsync`` makes commits durable across power loss (a file and a
+    body. ``hot_entries`` bounds how many entries keep their metadata decoded
+    in memory (least recently opened dropped first; 0 decodes on every open). ``fsync`` makes commits durable across power loss (a file and a
     directory fsync each); without it a crash may lose recent entries, which
     are then refetched, but never yields a wrong one. ``journal``, when other
     processes share the directory, is where changes are told and learnt
@@ -164,6 +169,7 @@ class DiskStore:
         low_water: float = 0.9,
         fsync: bool = False,
         journal: Journal | None = None,
+        hot_entries: int = 0,
     ) -> None:
         if max_size <= 0 or max_object_size <= 0:
             raise ValueError("max_size and max_object_size must be positive")
@@ -171,13 +177,17 @@ class DiskStore:
             raise ValueError("max_object_size must not exceed max_size")
         if not 0.0 < low_water <= 1.0:
             raise ValueError(f"low_water must be within (0, 1], got {low_water}")
+        if hot_entries < 0:
+            raise ValueError(f"hot_entries must not be negative, got {hot_entries}")
         self.directory = os.path.abspath(directory)
         self.max_size = max_size
         self.max_object_size = max_object_size
         self.low_water = low_water
         self.fsync = fsync
         self.journal = journal
+        self.hot_entries = hot_entries
         self._clock = clock
+        self._hot: OrderedDict[str, Decoded] = OrderedDict()
         self._lru: OrderedDict[str, EntryInfo] = OrderedDict()
         self._keys: dict[bytes, dict[bytes, EntryInfo]] = {}
         self._surrogates: dict[bytes, set[str]] = {}
@@ -229,6 +239,7 @@ class DiskStore:
         if self._lru.get(info.name) is not info:
             return
         del self._lru[info.name]
+        self._hot.pop(info.name, None)
         variants = self._keys.get(info.key)
         if variants is not None:
             variants.pop(info.secondary, None)
@@ -320,11 +331,11 @@ class DiskStore:
 
     def _replaced(self, info: EntryInfo, read: EntryRead) -> EntryInfo:
         """Index what another process put in ``info``'s place (``read`` from its file) instead of ``info``."""
-        meta, body_length, entry_id, size = read
+        meta = read.meta
         if meta.key != info.key or entry_name(meta.key, secondary_key(meta.vary_names, meta.vary_values)) != info.name:
             raise CorruptEntry("entry file does not match its name")
         self._forget(info)
-        new = EntryInfo(info.name, meta, size, body_length, entry_id, self._clock.seconds())
+        new = EntryInfo(info.name, meta, read.size, read.body_length, read.entry_id, self._clock.seconds())
         self._add(new)
         return new
 
@@ -353,7 +364,7 @@ class DiskStore:
             self._forget(info)
             return None
         try:
-            read = read_entry_file(fd)
+            read = read_entry_file(fd, known=self._hot.get(info.name))
             if read.entry_id != info.entry_id:
                 info = self._replaced(info, read)
             elif read.meta.key != info.key:
@@ -363,9 +374,17 @@ class DiskStore:
             self._forget(info)
             self._discard(path, info.name, info.entry_id, exc)
             return None
-        self._lru.move_to_end(info.name)
+        name = info.name
+        self._lru.move_to_end(name)
         info.last_access = self._clock.seconds()
-        return Entry(info, read.meta, fd, read.body_length)
+        decoded = read.decoded
+        hot = self._hot
+        if self.hot_entries:
+            hot[name] = decoded
+            hot.move_to_end(name)
+        while len(hot) > self.hot_entries:  # (a reload may have lowered the bound)
+            hot.popitem(last=False)
+        return Entry(info, decoded, fd, read.body_length)
 
     # --- writing --------------------------------------------------------------------
 
@@ -395,7 +414,7 @@ class DiskStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             read = read_entry_file(fd, locked=True)
-            meta, body_length, entry_id, _ = read
+            meta, body_length, entry_id = read.meta, read.body_length, read.entry_id
             if entry_id != info.entry_id:
                 self._replaced(info, read)
                 return None
@@ -574,7 +593,8 @@ class DiskStore:
             self._log.warn("cache: cannot open {path}: {error}", path=path, error=exc)
             return None
         try:
-            meta, body_length, entry_id, size = read_entry_file(fd)
+            read = read_entry_file(fd)
+            meta = read.meta
             if entry_name(meta.key, secondary_key(meta.vary_names, meta.vary_values)) != name:
                 raise CorruptEntry("file name does not match its keys")
             mtime = os.fstat(fd).st_mtime
@@ -583,7 +603,7 @@ class DiskStore:
             return None
         finally:
             os.close(fd)
-        return EntryInfo(name, meta, size, body_length, entry_id, mtime)
+        return EntryInfo(name, meta, read.size, read.body_length, read.entry_id, mtime)
 
 
 def _subdirs(path: str) -> Sequence[os.DirEntry[str]]:

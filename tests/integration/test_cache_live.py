@@ -179,6 +179,27 @@ class DiskTests(SynchronousTestCase):
         _, headers, _ = fetch(gateway.port, target("big0", "max-age=600", size=100_000))
         self.assertIn("fwd=uri-miss", headers["cache-status"])
 
+    def test_large_hits_whole(self) -> None:
+        """A body of several chunks: the first hit checks it as it reads, later ones go by sendfile; all whole.
+
+        Also a Range hit, which goes by sendfile from the start. (A socket
+        that takes only part is covered in unit tests: loopback buffers take
+        a megabyte at once.)
+        """
+        origin = Origin(self).start()
+        directory = new_tempdir(self)
+        gateway = Gateway(self, cache_ini([origin.url], directory)).start()
+        path = target("large", "max-age=600", size=1_000_000)
+        _, _, body = fetch(gateway.port, path)
+        self.assertEqual(len(body), 1_000_000)
+        for _ in range(3):
+            status, headers, got = fetch(gateway.port, path)
+            self.assertEqual((status, got), (200, body))
+            self.assertIn("hit", headers["cache-status"])
+        status, headers, part = fetch(gateway.port, path, {"Range": "bytes=100000-899999"})
+        self.assertEqual((status, part), (206, body[100_000:900_000]))
+        self.assertEqual(origin.hits()["/cache/large"], 1)
+
     def test_truncated_entry_refetched(self) -> None:
         """A truncated entry file is detected, dropped and fetched again; no wrong bytes."""
         origin = Origin(self).start()

@@ -8,11 +8,15 @@ import tempfile
 import zlib
 from dataclasses import replace
 
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from gateway.bodystore import BodyStoreError, IBodySource
-from gateway.cache.answer import CheckedRange, Framing, plan_answer
+from gateway.bodystore import CHUNK_SIZE, BodyStoreError, IBodySource
+from gateway.cache.answer import Answer, CheckedRange, EntryFeed, Framing, plan_answer
+from gateway.cache.entry import HEADER_SIZE, EntryMeta
+from gateway.cache.store import DiskStore
 from gateway.cache.ranges import RangeNotSatisfiable
 from gateway.parser import Request
 
@@ -147,3 +151,89 @@ class CheckedRangeTests(SynchronousTestCase):
         """A read that skips bytes can't be checked: refused."""
         source = CheckedRange(self.fd, 4, len(self.body), zlib.crc32(self.body))
         self.assertRaises(BodyStoreError, source.read, 10, 10)
+
+
+class FeedTests(SynchronousTestCase):
+    """EntryFeed: checked once per entry version, then sent by sendfile as far as the socket takes."""
+
+    SIZE = CHUNK_SIZE * 2 + 5
+
+    def setUp(self) -> None:
+        directory = tempfile.mkdtemp(prefix="gateway-cache-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.clock = Clock()
+        self.store = DiskStore(directory, self.clock, max_size=8 * 1024**2, max_object_size=1024**2, hot_entries=8)
+        self.store.load()
+        self.body = bytes(range(256)) * (self.SIZE // 256) + b"x" * (self.SIZE % 256)
+        meta = EntryMeta(key=b"k", status=200, reason=b"OK", headers=[], request_time=0.0, response_time=0.0)
+        writer = self.store.writer(meta)
+        writer.write(self.body)
+        info = writer.commit()
+        assert info is not None
+        self.info = info
+
+    def feed(self, take: int | None = None) -> tuple[bytes, list[tuple[int, int]], list[str]]:
+        """One whole-body answer; ``take``: what the fake sendfile sends (None: what a TLS socket sends, 0).
+
+        Returns the bytes in send order, the sendfile calls, and how it ended.
+        """
+        entry = self.store.open(self.info)
+        assert entry is not None
+        transport = StringTransport()
+        out: list[bytes] = []
+        calls: list[tuple[int, int]] = []
+        ended: list[str] = []
+
+        def send_file(fd: int, offset: int, count: int) -> int:
+            calls.append((offset, count))
+            sent = min(take or 0, count)
+            out.append(os.pread(fd, sent, offset))
+            return sent
+
+        def write(data: bytes) -> None:
+            out.append(data)
+
+        answer = Answer(200, b"HEAD;", 0, self.SIZE, True)
+        feed = EntryFeed(
+            self.clock, entry, answer, transport, write=write,
+            write_sequence=lambda pieces: out.extend(pieces), send_file=send_file,
+            blocked=lambda: None, unblocked=lambda: None, done=lambda: ended.append("done"),
+            failed=lambda started: ended.append(f"failed {started}"), gone=lambda: ended.append("gone"),
+        )  # fmt: skip
+        feed.start()
+        for _ in range(10):
+            self.clock.advance(0)
+        if ended == ["done"]:
+            self.assertEqual(feed.sent, self.SIZE)
+        return b"".join(out), calls, ended
+
+    def test_checked_first_then_sent_by_file(self) -> None:
+        """The first answer reads (and checks) the body: no sendfile; the next ones use it."""
+        data, calls, ended = self.feed(take=10**9)
+        self.assertEqual((data, calls, ended), (b"HEAD;" + self.body, [], ["done"]))
+        data, calls, ended = self.feed(take=10**9)
+        self.assertEqual((data, ended), (b"HEAD;" + self.body, ["done"]))
+        self.assertEqual(calls, [(HEADER_SIZE, self.SIZE)])
+
+    def test_partial_take_rest_streamed(self) -> None:
+        """A socket that takes part: the rest follows from where sendfile stopped, in order."""
+        self.feed()
+        data, calls, ended = self.feed(take=1000)
+        self.assertEqual((data, ended), (b"HEAD;" + self.body, ["done"]))
+        self.assertEqual(calls, [(HEADER_SIZE, self.SIZE)])
+
+    def test_nothing_taken_streamed(self) -> None:
+        """A socket that takes nothing by sendfile (TLS, a queue): the producer sends it all."""
+        self.feed()
+        data, _, ended = self.feed(take=0)
+        self.assertEqual((data, ended), (b"HEAD;" + self.body, ["done"]))
+
+    def test_failed_check_not_remembered(self) -> None:
+        """A body that fails its check is never marked checked: it is not sent by sendfile later."""
+        path = os.path.join(self.store.directory, self.info.name[:2], self.info.name[2:4], self.info.name)
+        with open(path, "r+b") as file:
+            file.seek(HEADER_SIZE + 5)
+            file.write(b"\xff")
+        for _ in range(2):
+            _, calls, ended = self.feed(take=10**9)
+            self.assertEqual((calls, ended), ([], ["failed True"]))

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.bodystore import CHUNK_SIZE
 from gateway.cache.flow import CacheExchange
 from gateway.cache.shared import CacheState
 from gateway.runtime import Runtime
@@ -997,12 +998,13 @@ class DiskTests(SynchronousTestCase):
         c.fill()
         old = c.h.runtime
         config = replace(old.config, gateway=replace(old.config.gateway, cache_max_size=2 * 1024**2,
-                                                     cache_max_object=1024**2))  # fmt: skip
+                                                     cache_max_object=1024**2, cache_hot_entries=7))  # fmt: skip
         new = Runtime(c.clock, config, old)
         old.retire(new)
         new.start()
         self.assertIs(new.cache, old.cache)
         self.assertEqual(new.cache.store.max_size, 2 * 1024**2)
+        self.assertEqual(new.cache.store.hot_entries, 7)
         self.assertEqual(new.cache.state, CacheState.READY)
 
     def test_reload_to_other_directory(self) -> None:
@@ -1038,6 +1040,49 @@ class DiskTests(SynchronousTestCase):
         c.h.upstream().send(OK_60)
         self.assertIn("detail=cache-unavailable", c.answer(client)[1]["cache-status"])
         self.flushLoggedErrors()
+
+
+class HitWriteTests(SynchronousTestCase):
+    """A hit of at most one chunk leaves with its head in one write; a larger one streams with backpressure."""
+
+    def stored(self, size: int) -> Cache:
+        c = Cache(self)
+        head = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: %d\r\n\r\n" % size
+        c.fill(response=head + b"z" * size)
+        return c
+
+    def test_one_chunk_written_at_once(self) -> None:
+        """CHUNK_SIZE bytes: the whole answer is written before any reactor turn, no producer registered."""
+        c = self.stored(CHUNK_SIZE)
+        client = c.request()
+        self.assertIsNone(client.transport.producer)
+        head, body = client.received().split(b"\r\n\r\n", 1)
+        self.assertIn(b"Cache-Status: gateway; hit", head)
+        self.assertEqual(body, b"z" * CHUNK_SIZE)
+
+    def test_larger_body_streams(self) -> None:
+        """CHUNK_SIZE + 1 bytes: a producer is registered and the body follows on later turns."""
+        c = self.stored(CHUNK_SIZE + 1)
+        client = c.request()
+        self.assertIsNotNone(client.transport.producer)
+        self.assertEqual(client.received(), b"")
+        status, headers, body = c.answer(client)
+        self.assertEqual((status, body), (200, b"z" * (CHUNK_SIZE + 1)))
+        self.assertIn("hit", headers["cache-status"])
+
+    def test_one_chunk_corrupted_refetched(self) -> None:
+        """The one-write path checks the body's CRC-32 too: a bad body is refetched, never sent."""
+        c = self.stored(CHUNK_SIZE)
+        (path,) = c.entry_files()
+        with open(path, "r+b") as file:
+            file.seek(36 + 100)
+            file.write(b"X")
+        client = c.request()
+        origin = c.upstream()
+        self.assertIn(b"GET /x", origin.received())
+        origin.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain")
+        self.assertEqual(c.answer(client)[2], b"again")
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
 
 
 class SpoolTests(SynchronousTestCase):

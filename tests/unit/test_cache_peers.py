@@ -368,10 +368,10 @@ class TornReadTests(SynchronousTestCase):
         real_read = entry_module._read
         failures = [entry_module.CorruptEntry("torn")]
 
-        def read(fd: int) -> entry_module.EntryRead:
+        def read(fd: int, known: entry_module.Decoded | None) -> entry_module.EntryRead:
             if failures:
                 raise failures.pop()
-            return real_read(fd)
+            return real_read(fd, known)
 
         locks: list[int] = []
         real_flock = fcntl.flock

@@ -309,6 +309,100 @@ class CorruptionTests(StoreTestCase):
         self.assertTrue(os.path.exists(foreign))
 
 
+class HotEntryTests(StoreTestCase):
+    """``hot_entries``: the most recently opened entries keep their metadata decoded, and no more."""
+
+    def path(self, info) -> str:
+        return os.path.join(self.directory, info.name[:2], info.name[2:4], info.name)
+
+    def opened(self, store: DiskStore, info):
+        entry = store.open(info)
+        assert entry is not None
+        entry.close()
+        return entry.decoded
+
+    def flip_metadata_byte(self, info) -> None:
+        with open(self.path(info), "r+b") as f:
+            f.seek(info.size - 3)
+            byte = f.read(1)
+            f.seek(info.size - 3)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
+    def test_hot_entry_not_decoded_again(self) -> None:
+        """A second open takes the decoded head; a metadata byte flipped since is never read, so never served."""
+        store = self.make_store(hot_entries=2)
+        info = self.put(store, body=b"x" * 100)
+        first = self.opened(store, info)
+        self.flip_metadata_byte(info)
+        entry = store.open(info)
+        assert entry is not None
+        with entry:
+            self.assertIs(entry.decoded, first)
+            self.assertEqual((entry.meta.key, entry.meta.headers), (meta().key, meta().headers))
+            self.assertEqual(entry.read(0, 200), b"x" * 100)
+
+    def test_zero_decodes_every_open(self) -> None:
+        """With ``hot_entries = 0`` every open reads the metadata, so the flipped byte is found."""
+        store = self.make_store(hot_entries=0)
+        info = self.put(store, body=b"x" * 100)
+        self.opened(store, info)
+        self.flip_metadata_byte(info)
+        self.assertIsNone(store.open(info))
+        self.assertEqual(len(store), 0)
+
+    def test_bound(self) -> None:
+        """At the bound the least recently opened entry's head is dropped; the others stay."""
+        store = self.make_store(hot_entries=2)
+        a, b, c = (self.put(store, key=b"http://h/%d" % n) for n in range(3))
+        kept = {name: self.opened(store, info) for name, info in (("a", a), ("b", b))}
+        self.assertIs(self.opened(store, b), kept["b"])
+        self.assertIs(self.opened(store, a), kept["a"])  # a is now the most recent; b the least
+        third = self.opened(store, c)
+        self.assertIs(self.opened(store, a), kept["a"])
+        self.assertIs(self.opened(store, c), third)
+        self.assertIsNot(self.opened(store, b), kept["b"])
+
+    def test_lowered_bound(self) -> None:
+        """A bound lowered by a reload empties the table at the next open."""
+        store = self.make_store(hot_entries=2)
+        a, b = self.put(store, key=b"http://h/a"), self.put(store, key=b"http://h/b")
+        first_a, first_b = self.opened(store, a), self.opened(store, b)
+        store.hot_entries = 0
+        self.opened(store, a)
+        self.assertIsNot(self.opened(store, a), first_a)
+        self.assertIsNot(self.opened(store, b), first_b)
+
+    def test_update_elsewhere_decoded_again(self) -> None:
+        """Another process freshening the entry in place changes its metadata CRC: the new head is read."""
+        store = self.make_store(hot_entries=2)
+        info = self.put(store, body=b"payload")
+        self.opened(store, info)
+        other = self.make_store()
+        found = other.lookup(b"http://h/a", [])
+        assert found is not None
+        other.update(found, [(b"X", b"new")], T + 100, T + 101, keep_until=float("inf"))
+        entry = store.open(info)  # this store has not learnt of the update yet
+        assert entry is not None
+        with entry:
+            self.assertEqual(entry.meta.headers, [(b"X", b"new")])
+            self.assertEqual(entry.read(0, 100), b"payload")
+
+    def test_replaced_elsewhere_decoded_again(self) -> None:
+        """Another process replacing the entry gives it a new id: its own head is read, not the old one."""
+        store = self.make_store(hot_entries=2)
+        info = self.put(store, body=b"old")
+        self.opened(store, info)
+        self.put(self.make_store(), body=b"new", headers=[(b"X", b"replaced")])
+        entry = store.open(info)
+        assert entry is not None
+        with entry:
+            self.assertEqual(entry.meta.headers, [(b"X", b"replaced")])
+            self.assertEqual(entry.read(0, 100), b"new")
+
+    def test_negative_refused(self) -> None:
+        self.assertRaises(ValueError, self.make_store, hot_entries=-1)
+
+
 class UpdateTests(StoreTestCase):
     def test_update_replaces_head_keeps_body(self) -> None:
         """RFC 9111 §4.3.4: a 304 refreshes the stored head; the body is unchanged."""

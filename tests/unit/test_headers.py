@@ -432,6 +432,17 @@ class ResponseHeadersTests(SynchronousTestCase):
         out = answer([(b"Server", b"Apache/2.4.1")], server=b"")
         self.assertEqual(values(out, b"server"), [])
 
+    def test_hsts_replaces_backend_policy(self) -> None:
+        """With the listener's HSTS, every backend Strict-Transport-Security gives way to one of ours."""
+        received = [(b"Strict-Transport-Security", b"max-age=9"), (b"strict-transport-security", b"x")]
+        out = answer(received, hsts=b"max-age=31536000")
+        self.assertEqual(values(out, b"strict-transport-security"), [b"max-age=31536000"])
+
+    def test_no_hsts_passes_backend_policy(self) -> None:
+        """Without one (a plain listener, or HSTS off), the backend's field passes unchanged."""
+        out = answer([(b"Strict-Transport-Security", b"max-age=9")])
+        self.assertEqual(values(out, b"strict-transport-security"), [b"max-age=9"])
+
     def test_via_added(self) -> None:
         """RFC 9110 §7.6.3: Via names the response's protocol version and our pseudonym."""
         self.assertEqual(values(answer([], version=b"1.0"), b"via"), [b"1.0 gateway"])
