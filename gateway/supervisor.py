@@ -24,8 +24,9 @@ Elsewhere every worker shares one socket per listener.
   (:mod:`gateway.reload`); a bad one changes nothing.  A good one starts a new
   generation of workers on the new configuration (new listeners bound here
   first: one that can't be bound refuses the reload; unchanged listeners keep
-  their sockets, so no connection waiting in an accept queue is lost), then
-  sends SIGTERM to the previous generation, whose workers drain and are not
+  their sockets, so no connection waiting in an accept queue is lost); once
+  every new worker says it serves (:data:`~gateway.workers.READY_FD`), the
+  previous generation gets SIGTERM, and its workers drain and are not
   restarted.  A SIGHUP while they drain waits until they are gone (at most
   two generations at once).  Without a file (``--listen``/``--upstream``)
   SIGHUP is forwarded to every worker, which reloads its certificates.
@@ -67,6 +68,7 @@ from gateway.workers import (
     FIRST_SOCKET_FD,
     LOG_ENV,
     PARENT_FD,
+    READY_FD,
     SOCKETS_ENV,
     WORKER_ENV,
     InheritedSocket,
@@ -111,6 +113,10 @@ WORKER_ARGS = ("-n", "--pidfile=", "--logger=gateway.tap.worker_log_observer", "
 
 #: How long a stopping worker gets beyond its own drain (``shutdown_grace``) before SIGKILL.
 STOP_MARGIN = 5.0
+
+#: How long a reload waits for every new worker to say it serves before it
+#: stops the previous ones all the same.
+READY_TIMEOUT = 30.0
 
 #: A relayed worker line longer than this is passed on in pieces.
 MAX_RELAY_LINE = 64 * 1024
@@ -203,9 +209,10 @@ class SupervisorState(enum.Enum):
       before twistd drops privileges); no worker yet.
     - ``RUNNING``: workers run; one that exits is restarted after its backoff.
     - ``RELOADING``: a reload started a new generation of workers (running as
-      in ``RUNNING``) and sent SIGTERM to the previous one, whose workers
-      drain and are not restarted (SIGKILL at their deadline); back to
-      ``RUNNING`` once the last is reaped.  A SIGHUP now waits until then.
+      in ``RUNNING``); once each says it serves (or after
+      :data:`READY_TIMEOUT`), the previous generation gets SIGTERM and drains
+      (SIGKILL at its deadline).  Its workers are never restarted.  Back to
+      ``RUNNING`` once the last is reaped; a SIGHUP until then waits.
     - ``STOPPING``: every worker has been sent SIGTERM; waiting for each to be
       reaped (SIGKILL at the deadline); no restarts.
     - ``STOPPED``: every worker reaped, sockets and descriptors closed.
@@ -235,6 +242,8 @@ class _Slot:
         self.pid = 0
         self.started = 0.0
         self.pending: IDelayedCall | None = None
+        #: Whether the worker now in the slot said it serves (``READY_FD``).
+        self.ready = False
 
 
 class _WorkerProtocol(ProcessProtocol):
@@ -246,7 +255,9 @@ class _WorkerProtocol(ProcessProtocol):
         self.relay = relay
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if self.relay is not None:
+        if childFD == READY_FD:
+            self.supervisor.worker_ready(self.slot)
+        elif self.relay is not None:
             self.relay.feed(childFD, data)
 
     def processEnded(self, reason: Failure) -> None:
@@ -301,7 +312,10 @@ class Supervisor(MultiService):
         self.slots = [_Slot(number, policy) for number in range(1, count + 1)]
         #: Workers of the previous generation still draining after a reload.
         self.retiring: list[_Slot] = []
-        self._retire_kill: IDelayedCall | None = None
+        self._retire_timeout = self.stop_timeout
+        self._retire_sent = False
+        #: While reloading: the wait for the new workers, then the SIGKILL deadline of the old.
+        self._retire_call: IDelayedCall | None = None
         self._reload_waiting = False
         #: listener name -> its sockets: one per slot with ``reuse_port``, else one.
         self.sockets: dict[str, list[socket.socket]] = {}
@@ -408,6 +422,7 @@ class Supervisor(MultiService):
             2: "r" if self.relay_logs else 2,
             CONFIG_FD: self._config_file.fileno(),
             PARENT_FD: self._alive[0],
+            READY_FD: "r",
         }
         for number, sock in enumerate(self._slot_sockets(slot)):
             fds[FIRST_SOCKET_FD + number] = sock.fileno()
@@ -432,6 +447,7 @@ class Supervisor(MultiService):
         relay = LogRelay(slot.number, self._publish) if self.relay_logs else None
         protocol = _WorkerProtocol(self, slot, relay)
         slot.started = self.reactor.seconds()
+        slot.ready = False
         try:
             slot.process = self.reactor.spawnProcess(
                 protocol,
@@ -514,13 +530,15 @@ class Supervisor(MultiService):
             log.error("reload refused: {why}; the configuration in use stays in force", why=exc)
 
     def reload(self, config: Config) -> None:
-        """Start a generation of workers on ``config``, then SIGTERM the current one.
+        """Start a generation of workers on ``config``, then retire the current one.
 
         The new workers' sockets are bound first; when one can't be (or a
         listener can't be shared by workers) :class:`ReloadRefused` is raised
         and nothing has changed.  Sockets no new worker uses are closed here
         once the new workers are spawned (the old workers hold their own
-        copies until they stop listening).
+        copies until they stop listening).  The current workers get SIGTERM
+        once every new one says it serves (:meth:`worker_ready`), so some
+        worker accepts on each socket all along.
         """
         source = self._source or ConfigSource(None)
         count = source.worker_count(config)
@@ -561,28 +579,49 @@ class Supervisor(MultiService):
                     sock.close()
         if old_file is not None:
             old_file.close()
-        sent = self._signal(self.retiring, "TERM")
+        self._retire_timeout = old_timeout
+        self._retire_sent = False
         log.info(
-            "reload: applied {path}: generation {generation}, {count} workers started; "
-            "{sent} previous workers draining",
-            path=source.path, generation=self.generation, count=count, sent=sent,
+            "reload: applied {path}: generation {generation}, {count} workers starting; "
+            "the {old} previous workers stop once they serve",
+            path=source.path, generation=self.generation, count=count, old=len(self.retiring),
         )
-        self._retire_kill = self.reactor.callLater(old_timeout, self._kill_retiring)
+        self._retire_call = self.reactor.callLater(READY_TIMEOUT, self._retire, True)
+
+    def worker_ready(self, slot: _Slot) -> None:
+        """A worker says it serves; once every new one has, the previous generation stops."""
+        slot.ready = True
+        if (self._state is SupervisorState.RELOADING and not self._retire_sent
+                and all(new.ready for new in self.slots)):
+            self._retire(late=False)
+
+    def _retire(self, late: bool) -> None:
+        """SIGTERM the previous generation (each drains), SIGKILL what is left at its deadline."""
+        if self._retire_call is not None and self._retire_call.active():
+            self._retire_call.cancel()
+        self._retire_sent = True
+        if late:
+            log.warn("reload: not every new worker serves after {timeout:.0f}s; stopping the "
+                     "previous ones all the same", timeout=READY_TIMEOUT)
+        sent = self._signal(self.retiring, "TERM")
+        log.info("reload: generation {generation} serves; {sent} previous workers draining",
+                 generation=self.generation, sent=sent)
+        self._retire_call = self.reactor.callLater(self._retire_timeout, self._kill_retiring)
         self._maybe_reloaded()
 
     def _kill_retiring(self) -> None:
-        self._retire_kill = None
+        self._retire_call = None
         count = self._signal(self.retiring, "KILL")
         if count:
             log.warn("{count} previous workers still running after a reload: killed", count=count)
 
     def _maybe_reloaded(self) -> None:
-        """Once the previous generation is gone: back to RUNNING, and run a SIGHUP that waited."""
-        if self._state is not SupervisorState.RELOADING or self.retiring:
+        """Once the new workers serve and the old are gone: RUNNING again; a waiting SIGHUP runs."""
+        if self._state is not SupervisorState.RELOADING or self.retiring or not self._retire_sent:
             return
-        if self._retire_kill is not None and self._retire_kill.active():
-            self._retire_kill.cancel()
-        self._retire_kill = None
+        if self._retire_call is not None and self._retire_call.active():
+            self._retire_call.cancel()
+        self._retire_call = None
         self._state = SupervisorState.RUNNING
         log.info("reload: every worker of the previous generation has stopped")
         if self._reload_waiting:
@@ -615,8 +654,8 @@ class Supervisor(MultiService):
     def stopService(self) -> Deferred[None]:
         """Stop accepting, SIGTERM every worker, SIGKILL after ``stop_timeout``, wait for all.
 
-        Workers of a previous generation already had their SIGTERM and keep
-        their own SIGKILL deadline.
+        Workers of a reload's previous generation stop too (SIGTERM unless
+        they had it, SIGKILL with the rest).
         """
         demos = super().stopService()
         self._state = SupervisorState.STOPPING
@@ -631,6 +670,13 @@ class Supervisor(MultiService):
         # The workers hold their own copies; the sockets go when the last closes.
         self._close_sockets()
         self._stopped = Deferred()
+        if self._retire_call is not None and self._retire_call.active():
+            self._retire_call.cancel()
+        self._retire_call = None
+        # A reload's previous workers that are still serving stop now too.
+        if not self._retire_sent:
+            self._signal(self.retiring, "TERM")
+            self._retire_sent = True
         count = self._signal(self.slots, "TERM")
         if count:
             log.info("stopping {count} workers", count=count)
@@ -642,7 +688,7 @@ class Supervisor(MultiService):
 
     def _kill_remaining(self) -> None:
         self._kill_call = None
-        count = self._signal(self.slots, "KILL")
+        count = self._signal(self.slots + self.retiring, "KILL")
         if count:
             log.warn("{count} workers still running after {timeout:.0f}s: killed",
                      count=count, timeout=self.stop_timeout)
@@ -652,10 +698,9 @@ class Supervisor(MultiService):
             slot.process is not None for slot in self.slots
         ):
             return
-        for call in (self._kill_call, self._retire_kill):
-            if call is not None and call.active():
-                call.cancel()
-        self._kill_call = self._retire_kill = None
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._kill_call = None
         self._close_descriptors()
         self._state = SupervisorState.STOPPED
         stopped, self._stopped = self._stopped, None

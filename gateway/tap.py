@@ -182,5 +182,6 @@ def _worker_service(reactor: Any, environ: Mapping[str, str]) -> IService:
     assert setup is not None
     config = read_config(workers.CONFIG_FD)
     service = GatewayService(reactor, config, sockets=setup.sockets)
-    SupervisorLink(reactor, setup.number, workers.PARENT_FD, reactor.stop).setServiceParent(service)
+    link = SupervisorLink(reactor, setup.number, workers.PARENT_FD, reactor.stop, workers.READY_FD)
+    link.setServiceParent(service)
     return service

@@ -371,6 +371,11 @@ class SupervisorReloadTests(SynchronousTestCase):
                     process.end(ProcessTerminated(signal=15))
             self.successResultOf(done)
 
+    def ready(self, first: int = 2) -> None:
+        """Every process from index ``first`` on says it serves."""
+        for process in self.reactor.processes[first:]:
+            process.protocol.childDataReceived(workers.READY_FD, b"R")
+
     def config(self, bind: str = "tcp:8080", port: int = 9001) -> Config:
         base = simple_config(servers=1)
         backend = replace(base.backends[0], servers=(
@@ -379,19 +384,24 @@ class SupervisorReloadTests(SynchronousTestCase):
         return replace(base, listeners=(ListenerConfig("web", bind),), backends=(backend,))
 
     def test_new_generation_then_old_terminated(self) -> None:
-        """Reload spawns as many new workers on the new config, then SIGTERMs the old ones."""
+        """Reload spawns as many new workers on the new config; once they serve, the old get SIGTERM."""
         sup = self.make(self.config())
         old = list(self.reactor.processes)
         sup.reload(self.config(port=9100))
         new = self.reactor.processes[2:]
         self.assertEqual([p.env[workers.WORKER_ENV] for p in new], ["1", "2"])
+        self.assertEqual([p.signals for p in old], [[], []])
+        new[0].protocol.childDataReceived(workers.READY_FD, b"R")
+        self.assertEqual([p.signals for p in old], [[], []])
+        new[1].protocol.childDataReceived(workers.READY_FD, b"R")
         self.assertEqual([p.signals for p in old], [["TERM"], ["TERM"]])
         self.assertEqual([p.signals for p in new], [[], []])
         fd = new[0].child_fds[workers.CONFIG_FD]
         from gateway.adoption import read_config
         self.assertEqual(read_config(os.dup(fd)).backends[0].servers[0].port, 9100)
         # Same bind: the same sockets, so nothing waiting in an accept queue is lost.
-        self.assertEqual(new[0].child_fds[5], old[0].child_fds[5])
+        first = workers.FIRST_SOCKET_FD
+        self.assertEqual(new[0].child_fds[first], old[0].child_fds[first])
         self.assertEqual(len(self.bound), 2)
         self.assertIs(sup.state, supervisor.SupervisorState.RELOADING)
 
@@ -399,6 +409,7 @@ class SupervisorReloadTests(SynchronousTestCase):
         """A worker of the old generation that exits stays gone; the reload ends with the last."""
         sup = self.make(self.config())
         sup.reload(self.config(port=9100))
+        self.ready()
         for process in self.reactor.processes[:2]:
             process.end(ProcessTerminated(exitCode=0))
         self.reactor.advance(60)
@@ -418,9 +429,18 @@ class SupervisorReloadTests(SynchronousTestCase):
     def test_old_generation_killed_at_deadline(self) -> None:
         """An old worker still draining after stop_timeout gets SIGKILL."""
         self.make(self.config()).reload(self.config(port=9100))
+        self.ready()
         self.reactor.advance(15.0)
         self.assertEqual([p.signals for p in self.reactor.processes[:2]],
                          [["TERM", "KILL"], ["TERM", "KILL"]])
+
+    def test_old_stopped_anyway_after_ready_timeout(self) -> None:
+        """New workers that never say they serve: the old ones get SIGTERM after READY_TIMEOUT."""
+        self.make(self.config()).reload(self.config(port=9100))
+        self.reactor.advance(supervisor.READY_TIMEOUT - 0.1)
+        self.assertEqual(self.reactor.processes[0].signals, [])
+        self.reactor.advance(0.1)
+        self.assertEqual(self.reactor.processes[0].signals, ["TERM"])
 
     def test_sighup_while_draining_waits(self) -> None:
         """A SIGHUP during a reload runs once the old generation is gone: two generations at most."""
@@ -433,6 +453,7 @@ class SupervisorReloadTests(SynchronousTestCase):
         sup.sighup()
         sup.sighup()
         self.assertEqual(len(self.reactor.processes), 4)
+        self.ready()
         for process in self.reactor.processes[:2]:
             process.end(ProcessTerminated(exitCode=0))
         self.assertEqual(len(self.reactor.processes), 6)
@@ -455,7 +476,7 @@ class SupervisorReloadTests(SynchronousTestCase):
         sup = self.make(self.config(), source=ConfigSource("unused"))
         sup.reload(replace(self.config(), gateway=replace(self.config().gateway, workers=3)))
         self.assertEqual(len(self.bound), 3)
-        fds = [p.child_fds[5] for p in self.reactor.processes[2:]]
+        fds = [p.child_fds[workers.FIRST_SOCKET_FD] for p in self.reactor.processes[2:]]
         self.assertEqual(fds, [100, 101, 102])
 
     def test_fewer_workers_close_surplus(self) -> None:
@@ -494,3 +515,21 @@ class SupervisorReloadTests(SynchronousTestCase):
             process.end(ProcessTerminated(signal=15))
         self.successResultOf(done)
         self.assertEqual(len(self.reactor.processes), 4)
+
+
+class ReadySignalTests(SynchronousTestCase):
+    """A worker tells the supervisor it serves: one byte on its ready descriptor."""
+
+    def test_link_writes_ready_then_closes(self) -> None:
+        """SupervisorLink's start writes to the ready pipe and closes its end."""
+        from gateway.adoption import SupervisorLink
+
+        parent_read, parent_write = os.pipe()
+        ready_read, ready_write = os.pipe()
+        for fd in (parent_read, parent_write, ready_read):
+            self.addCleanup(os.close, fd)
+        link = SupervisorLink(MemoryReactorClock(), 1, parent_read, lambda: None, ready_write)
+        link.startService()
+        self.addCleanup(link.stopService)
+        self.assertEqual(os.read(ready_read, 10), b"R")
+        self.assertEqual(os.read(ready_read, 10), b"")  # the worker's end is closed
