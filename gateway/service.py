@@ -125,11 +125,9 @@ def listen_service(reactor: Any, bind: str, factory: object) -> StreamServerEndp
 
 
 class _Listening:
-    """One open listener: the ``bind`` it listens on, its factory, the service listening."""
+    """One open listener: its factory and the service listening with it."""
 
-    def __init__(self, bind: str, factory: GatewayFactory,
-                 service: StreamServerEndpointService) -> None:
-        self.bind = bind
+    def __init__(self, factory: GatewayFactory, service: StreamServerEndpointService) -> None:
         self.factory = factory
         self.service = service
 
@@ -190,7 +188,7 @@ class GatewayService(MultiService):
         service = listen_service(via, listener.bind, served)
         service.setServiceParent(self)
         self.factories.append(factory)
-        self._listening[listener.name] = _Listening(listener.bind, factory, service)
+        self._listening[listener.name] = _Listening(factory, service)
 
     def _close(self, name: str, runtime: Runtime) -> None:
         """Stop listening for ``name``; its connections finish their request on ``runtime``.
@@ -252,7 +250,7 @@ class GatewayService(MultiService):
         if config is None:
             return
         try:
-            self.reload(config)
+            self.reload(config, "SIGHUP")
         except ReloadRefused as exc:
             log.error("reload refused: {why}; the configuration in use stays in force", why=exc)
             return
@@ -267,7 +265,7 @@ class GatewayService(MultiService):
         """Read every TLS file again; what fails keeps what it had (logged)."""
         self.certificates.reload("SIGHUP")
 
-    def reload(self, config: Config) -> None:
+    def reload(self, config: Config, reason: str = "configuration reload") -> None:
         """Swap in ``config`` whole: runtime, certificates, and listeners opened or closed.
 
         The sockets of new listeners and of listeners whose ``bind`` changed
@@ -277,6 +275,7 @@ class GatewayService(MultiService):
         configuration, removed and rebound listeners stop listening (their
         connections drain), and the new sockets start accepting.  What only
         a restart can change is logged (:func:`gateway.reload.restart_notes`).
+        ``reason`` names the reload in the certificates' log lines.
         """
         old_config = self.config
         changes = listener_changes(old_config, config)
@@ -286,7 +285,7 @@ class GatewayService(MultiService):
             log.warn("reload: {note}", note=note)
         old, self._runtime = self._runtime, Runtime(self.reactor, config, self._runtime)
         old.retire(self._runtime)
-        self.certificates.configure(config)
+        self.certificates.configure(config, reason)
         for name in changes.removed + changes.rebound:
             self._close(name, old)
         for listener in config.listeners:

@@ -197,8 +197,11 @@ class Certificates:
         if current != self._signature:
             self.reload("files changed")
 
-    def configure(self, config: Config) -> None:
-        """A new configuration (the service's reload): new sites, settings and files."""
+    def configure(self, config: Config, reason: str = "configuration reload") -> None:
+        """A new configuration (the service's reload): new sites, settings and files.
+
+        ``reason`` names the reload in the log lines (``SIGHUP`` when a signal asked).
+        """
         old = self.config
         self.config = config
         # The service opens new TLS listeners (``wrap``) after this; a listener
@@ -211,7 +214,7 @@ class Certificates:
             or old.gateway.tls_ticket_rotate != config.gateway.tls_ticket_rotate
         ):
             self._restart_timers()
-        self.reload("configuration reload")
+        self.reload(reason)
 
     def reload(self, reason: str = "SIGHUP") -> None:
         """Load every file again; what fails keeps what it had; then swap contexts."""
