@@ -11,8 +11,10 @@ with :data:`~gateway.workers.WORKER_ENV` set.  It builds the same
 - the configuration is the supervisor's, read from :data:`~gateway.workers.CONFIG_FD`
   (:func:`read_config`), so every worker, restarted ones included, runs what
   the supervisor loaded even if the file changed since;
-- :class:`SupervisorLink` logs ``worker N started (pid P)`` and stops the
-  worker when the supervisor is gone (EOF on :data:`~gateway.workers.PARENT_FD`);
+- :class:`SupervisorLink` logs ``worker N started (pid P)``, tells the
+  supervisor so on :data:`~gateway.workers.READY_FD` (a reload waits for it
+  before stopping the previous workers), and stops the worker when the
+  supervisor is gone (EOF on :data:`~gateway.workers.PARENT_FD`);
 - :func:`worker_log_observer` (twistd ``--logger`` via gateway.tap) labels every line ``worker=N``.
 
 Invariants: nothing here listens; the reactor is injected; a failure once
@@ -162,6 +164,10 @@ class _PipeEnd:
 class SupervisorLink(Service):
     """A worker's tie to its supervisor: announces the worker, stops it when the supervisor dies.
 
+    Started last, once the listeners accept and the reactor runs (so SIGTERM
+    is handled), it writes one byte on ``ready_fd`` and closes it: the
+    supervisor's signal that this worker serves.
+
     The supervisor holds the write end of a pipe whose read end every worker
     inherits at ``fd``; when the supervisor exits, however it exits, the kernel
     closes the write end and the read end becomes readable at EOF.  The worker
@@ -170,9 +176,10 @@ class SupervisorLink(Service):
     """
 
     def __init__(self, reactor: IReactorFDSet, number: int, fd: int,
-                 stop: Callable[[], None]) -> None:
+                 stop: Callable[[], None], ready_fd: int | None = None) -> None:
         self.reactor = reactor
         self.number = number
+        self._ready_fd = ready_fd
         self._stop = stop
         self._pipe = _PipeEnd(fd, self._supervisor_gone)
         self._watching = False
@@ -181,6 +188,14 @@ class SupervisorLink(Service):
         """Log the start and watch the pipe."""
         super().startService()
         log.info("worker {number} started (pid {pid})", number=self.number, pid=os.getpid())
+        if self._ready_fd is not None:
+            try:
+                os.write(self._ready_fd, b"R")
+                os.close(self._ready_fd)
+            except OSError as exc:
+                log.warn("worker {number}: can't tell the supervisor it is ready: {error}",
+                         number=self.number, error=exc)
+            self._ready_fd = None
         os.set_blocking(self._pipe.fd, False)
         self.reactor.addReader(self._pipe)
         self._watching = True

@@ -98,6 +98,8 @@ class ClientConnection(Protocol):
         self.subject_header: tuple[bytes, bytes] = (b"", b"")
         self._subject_read = False
         self.state = ConnState.IDLE
+        #: Requests begun on this connection (0: new, nothing asked yet).
+        self.requests = 0
         self.pauses: Pauses
         self._buf = b""
         self._scan = 0
@@ -207,6 +209,7 @@ class ClientConnection(Protocol):
     def _begin(self, request: Request, listener: ListenerConfig) -> None:
         """Route the request and start its exchange."""
         self.state = ConnState.ACTIVE
+        self.requests += 1
         self._request = request
         self._started = self.reactor.seconds()
         self._deadline.disarm()
@@ -454,6 +457,10 @@ class ClientConnection(Protocol):
 
     # -- timers ------------------------------------------------------------------------
 
+    def await_first_request(self) -> None:
+        """Shutdown: a new connection gets ``timeout_header`` for its first request, then closes."""
+        self._deadline.arm(self._listener().timeout_header, self._idle_timeout)
+
     def _idle_timeout(self) -> None:
         self.state = ConnState.CLOSING
         self.transport.loseConnection()
@@ -649,9 +656,19 @@ class GatewayFactory(Factory):
         return [b"http/1.1"]
 
     def stop_accepting(self) -> None:
-        """Shutdown: idle connections close now, busy ones after their answer."""
+        """Shutdown: idle keep-alive connections close now, busy ones after their answer.
+
+        A new connection that has asked nothing yet is given ``timeout_header``
+        instead: its first request may already be on the wire (it was
+        accepted just before the listener closed), and unlike a request on a
+        reused connection (RFC 9112 §9.3.1) the client has no cause to retry it.
+        """
         self.accepting = False
         for conn in list(self.connections):
-            if conn.state is ConnState.IDLE:
+            if conn.state is not ConnState.IDLE:
+                continue
+            if conn.requests:
                 conn.state = ConnState.CLOSING
                 conn.transport.loseConnection()
+            else:
+                conn.await_first_request()

@@ -20,7 +20,16 @@ Elsewhere every worker shares one socket per listener.
   the supervisor's copies of the sockets, SIGTERM every worker (each drains
   for up to its ``shutdown_grace``), SIGKILL what is left after
   ``stop_timeout`` (``shutdown_grace`` plus a margin), and finish once every worker has been reaped.
-- SIGHUP is forwarded to every worker (each reloads its certificates).
+- SIGHUP reloads (nginx's ``-s reload``): the file is read and checked again
+  (:mod:`gateway.reload`); a bad one changes nothing.  A good one starts a new
+  generation of workers on the new configuration (new listeners bound here
+  first: one that can't be bound refuses the reload; unchanged listeners keep
+  their sockets, so no connection waiting in an accept queue is lost); once
+  every new worker says it serves (:data:`~gateway.workers.READY_FD`), the
+  previous generation gets SIGTERM, and its workers drain and are not
+  restarted.  A SIGHUP while they drain waits until they are gone (at most
+  two generations at once).  Without a file (``--listen``/``--upstream``)
+  SIGHUP is forwarded to every worker, which reloads its certificates.
 - Worker logs: straight to the inherited stdout/stderr when the supervisor
   logs to stdout (one stream, no relay cost); otherwise through pipes, as JSON
   events the supervisor publishes into its own log (:class:`LogRelay`).
@@ -49,7 +58,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import LogLevel, Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
+from gateway.binding import bind_socket
 from gateway.demo import demo_site
+from gateway.reload import ConfigSource, ReloadRefused, read_again, restart_notes
 from gateway.service import listen_service
 from gateway.tlsreload import install_sighup
 from gateway.workers import (
@@ -57,6 +68,7 @@ from gateway.workers import (
     FIRST_SOCKET_FD,
     LOG_ENV,
     PARENT_FD,
+    READY_FD,
     SOCKETS_ENV,
     WORKER_ENV,
     InheritedSocket,
@@ -66,6 +78,7 @@ from gateway.workers import (
     Restarts,
     encode_sockets,
     listen_spec,
+    unshareable,
 )
 
 if TYPE_CHECKING:
@@ -101,6 +114,10 @@ WORKER_ARGS = ("-n", "--pidfile=", "--logger=gateway.tap.worker_log_observer", "
 #: How long a stopping worker gets beyond its own drain (``shutdown_grace``) before SIGKILL.
 STOP_MARGIN = 5.0
 
+#: How long a reload waits for every new worker to say it serves before it
+#: stops the previous ones all the same.
+READY_TIMEOUT = 30.0
+
 #: A relayed worker line longer than this is passed on in pieces.
 MAX_RELAY_LINE = 64 * 1024
 
@@ -117,37 +134,6 @@ def reuseport_balances(platform: str = sys.platform) -> bool:
     macOS give every connection to the last one bound, which balances nothing.
     """
     return platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
-
-
-def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
-    """A non-blocking socket bound and listening as ``spec`` says.
-
-    ``SO_REUSEADDR`` is set as Twisted sets it; ``reuse_port`` adds
-    ``SO_REUSEPORT``, so that more sockets can bind the same address.
-
-    :raises CannotListenError: like ``listenTCP``, so that a taken port fails
-        the start with the same message.
-    """
-    sock = socket.socket(spec.family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if spec.family == socket.AF_INET6:
-            # As Twisted does: getaddrinfo keeps a scope id (fe80::1%eth0).
-            address = socket.getaddrinfo(
-                spec.host, spec.port, spec.family, socket.SOCK_STREAM, 0,
-                socket.AI_NUMERICHOST | socket.AI_PASSIVE,
-            )[0][4]
-        else:
-            address = (spec.host, spec.port)
-        sock.bind(address)
-        sock.listen(spec.backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise CannotListenError(spec.host, spec.port, exc) from exc
-    return sock
 
 
 def describe_exit(reason: Failure) -> str:
@@ -222,6 +208,11 @@ class SupervisorState(enum.Enum):
     - ``BOUND``: every listening socket is bound (``privilegedStartService``,
       before twistd drops privileges); no worker yet.
     - ``RUNNING``: workers run; one that exits is restarted after its backoff.
+    - ``RELOADING``: a reload started a new generation of workers (running as
+      in ``RUNNING``); once each says it serves (or after
+      :data:`READY_TIMEOUT`), the previous generation gets SIGTERM and drains
+      (SIGKILL at its deadline).  Its workers are never restarted.  Back to
+      ``RUNNING`` once the last is reaped; a SIGHUP until then waits.
     - ``STOPPING``: every worker has been sent SIGTERM; waiting for each to be
       reaped (SIGKILL at the deadline); no restarts.
     - ``STOPPED``: every worker reaped, sockets and descriptors closed.
@@ -230,20 +221,29 @@ class SupervisorState(enum.Enum):
     IDLE = "idle"
     BOUND = "bound"
     RUNNING = "running"
+    RELOADING = "reloading"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
 
 class _Slot:
-    """One worker number and what runs in it now."""
+    """One worker number of one generation, and what runs in it now.
 
-    def __init__(self, number: int, policy: RestartPolicy) -> None:
+    ``retired``: a reload replaced its generation; its worker drains and is
+    not restarted.
+    """
+
+    def __init__(self, number: int, policy: RestartPolicy, generation: int = 1) -> None:
         self.number = number
+        self.generation = generation
+        self.retired = False
         self.restarts = Restarts(policy)
         self.process: IProcessTransport | None = None
         self.pid = 0
         self.started = 0.0
         self.pending: IDelayedCall | None = None
+        #: Whether the worker now in the slot said it serves (``READY_FD``).
+        self.ready = False
 
 
 class _WorkerProtocol(ProcessProtocol):
@@ -255,7 +255,9 @@ class _WorkerProtocol(ProcessProtocol):
         self.relay = relay
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if self.relay is not None:
+        if childFD == READY_FD:
+            self.supervisor.worker_ready(self.slot)
+        elif self.relay is not None:
             self.relay.feed(childFD, data)
 
     def processEnded(self, reason: Failure) -> None:
@@ -265,12 +267,14 @@ class _WorkerProtocol(ProcessProtocol):
 
 
 class Supervisor(MultiService):
-    """Binds the sockets, runs ``count`` workers on them, restarts them, stops them.
+    """Binds the sockets, runs ``count`` workers on them, restarts them, reloads, stops them.
 
     ``command`` is a worker's argv (:func:`worker_command`); ``relay_logs``
     says whether the workers' output comes through pipes into this process's
     log (else they share its stdout and stderr).  ``environ`` is the
     environment workers start from (the worker variables are added).
+    ``source`` is where SIGHUP reads the configuration again; without a file
+    there, SIGHUP is forwarded to the workers (certificates only).
     """
 
     def __init__(
@@ -287,6 +291,7 @@ class Supervisor(MultiService):
         environ: Mapping[str, str] | None = None,
         bind: Callable[[ListenSpec, bool], socket.socket] = bind_socket,
         publish: Callable[[dict[str, Any]], None] = globalLogPublisher,
+        source: ConfigSource | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -295,14 +300,23 @@ class Supervisor(MultiService):
         self.command = list(command)
         self.relay_logs = relay_logs
         self.reuse_port = reuseport_balances() if reuse_port is None else reuse_port
-        self.stop_timeout = (
-            config.gateway.shutdown_grace + STOP_MARGIN if stop_timeout is None else stop_timeout
-        )
+        self._stop_timeout = stop_timeout
+        self.stop_timeout = self._stop_timeout_for(config)
         self._environ = dict(os.environ if environ is None else environ)
         self._bind = bind
         self._publish = publish
+        self._source = source
+        self._policy = policy
         self._state = SupervisorState.IDLE
+        self.generation = 1
         self.slots = [_Slot(number, policy) for number in range(1, count + 1)]
+        #: Workers of the previous generation still draining after a reload.
+        self.retiring: list[_Slot] = []
+        self._retire_timeout = self.stop_timeout
+        self._retire_sent = False
+        #: While reloading: the wait for the new workers, then the SIGKILL deadline of the old.
+        self._retire_call: IDelayedCall | None = None
+        self._reload_waiting = False
         #: listener name -> its sockets: one per slot with ``reuse_port``, else one.
         self.sockets: dict[str, list[socket.socket]] = {}
         self._config_file: IO[bytes] | None = None
@@ -321,49 +335,78 @@ class Supervisor(MultiService):
         """Where the supervisor is in its life (see :class:`SupervisorState`)."""
         return self._state
 
+    def _stop_timeout_for(self, config: Config) -> float:
+        """How long a stopping worker of ``config`` gets before SIGKILL."""
+        if self._stop_timeout is not None:
+            return self._stop_timeout
+        return config.gateway.shutdown_grace + STOP_MARGIN
+
     # -- start ------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
         """Bind every listener's socket (still privileged: ports below 1024 work)."""
-        try:
-            for listener in self.config.listeners:
-                spec = listen_spec(listener.bind)
-                if spec is None:
-                    raise ValueError(
-                        f"listener {listener.name}: {listener.bind!r} can't be shared by workers"
-                    )
-                first = self._bind(spec, self.reuse_port)
-                socks = self.sockets[listener.name] = [first]
-                host, port = first.getsockname()[:2]
-                # Port 0: the others join the port the kernel gave the first.
-                same = replace(spec, port=port)
-                while self.reuse_port and len(socks) < self.count:
-                    socks.append(self._bind(same, True))
-                log.info(
-                    "listener {name} bound on {host}:{port} (backlog {backlog}) for {count} "
-                    "workers, {how}",
-                    name=listener.name, host=host, port=port, backlog=spec.backlog,
-                    count=self.count,
-                    how="a socket each (SO_REUSEPORT)" if self.reuse_port else "one shared socket",
-                )
-        except BaseException:
-            self._close_sockets()
-            raise
-        self._config_file = tempfile.TemporaryFile()
-        self._config_file.write(pickle.dumps(self.config))
-        self._config_file.flush()
+        self.sockets = self._bind_listeners(self.config, self.count)
+        self._config_file = _config_file(self.config)
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._alive = os.pipe()
         self._state = SupervisorState.BOUND
         super().privilegedStartService()
 
+    def _bind_listeners(self, config: Config, count: int) -> dict[str, list[socket.socket]]:
+        """The sockets ``count`` workers of ``config`` accept on, all bound or none.
+
+        A listener whose ``bind`` is what it was keeps the sockets it has
+        (more are bound for more workers, the surplus is left out for fewer);
+        the others get new ones.
+
+        :raises CannotListenError: when one can't be bound (what this call
+            bound is closed again).
+        :raises ValueError: when a listener's endpoint can't be shared.
+        """
+        before = {listener.name: listener.bind for listener in self.config.listeners}
+        wanted = count if self.reuse_port else 1
+        sockets: dict[str, list[socket.socket]] = {}
+        fresh: list[socket.socket] = []
+        try:
+            for listener in config.listeners:
+                spec = listen_spec(listener.bind)
+                if spec is None:
+                    raise ValueError(
+                        f"listener {listener.name}: {listener.bind!r} can't be shared by workers"
+                    )
+                socks: list[socket.socket] = []
+                if before.get(listener.name) == listener.bind:
+                    socks = self.sockets.get(listener.name, [])[:wanted]
+                if not socks:
+                    socks = [self._bind(spec, self.reuse_port)]
+                    fresh.append(socks[0])
+                host, port = socks[0].getsockname()[:2]
+                # Port 0: the others join the port the kernel gave the first.
+                same = replace(spec, port=port)
+                while len(socks) < wanted:
+                    socks.append(self._bind(same, True))
+                    fresh.append(socks[-1])
+                sockets[listener.name] = socks
+                log.info(
+                    "listener {name} bound on {host}:{port} (backlog {backlog}) for {count} "
+                    "workers, {how}",
+                    name=listener.name, host=host, port=port, backlog=spec.backlog,
+                    count=count,
+                    how="a socket each (SO_REUSEPORT)" if self.reuse_port else "one shared socket",
+                )
+        except BaseException:
+            for sock in fresh:
+                sock.close()
+            raise
+        return sockets
+
     def startService(self) -> None:
-        """Start the demo origins, every worker, and SIGHUP forwarding."""
+        """Start the demo origins, every worker, and SIGHUP handling."""
         if self._state is SupervisorState.IDLE:
             self.privilegedStartService()
         super().startService()
         self._state = SupervisorState.RUNNING
-        self._restore_sighup = install_sighup(self.reactor, self.forward_sighup)
+        self._restore_sighup = install_sighup(self.reactor, self.sighup)
         for slot in self.slots:
             self._spawn(slot)
 
@@ -379,6 +422,7 @@ class Supervisor(MultiService):
             2: "r" if self.relay_logs else 2,
             CONFIG_FD: self._config_file.fileno(),
             PARENT_FD: self._alive[0],
+            READY_FD: "r",
         }
         for number, sock in enumerate(self._slot_sockets(slot)):
             fds[FIRST_SOCKET_FD + number] = sock.fileno()
@@ -398,11 +442,12 @@ class Supervisor(MultiService):
 
     def _spawn(self, slot: _Slot) -> None:
         slot.pending = None
-        if self._state is not SupervisorState.RUNNING:
+        if slot.retired or self._state not in _SPAWNING:
             return
         relay = LogRelay(slot.number, self._publish) if self.relay_logs else None
         protocol = _WorkerProtocol(self, slot, relay)
         slot.started = self.reactor.seconds()
+        slot.ready = False
         try:
             slot.process = self.reactor.spawnProcess(
                 protocol,
@@ -416,15 +461,23 @@ class Supervisor(MultiService):
             self._schedule_restart(slot, slot.restarts.next(slot.started, 0.0))
             return
         slot.pid = slot.process.pid or 0
-        log.info("worker {number} spawned (pid {pid})", number=slot.number, pid=slot.pid)
+        log.info("worker {number} spawned (pid {pid}, generation {generation})",
+                 number=slot.number, pid=slot.pid, generation=slot.generation)
 
     # -- while running ----------------------------------------------------------
 
     def worker_ended(self, slot: _Slot, reason: Failure) -> None:
-        """A worker was reaped: restart it while running, count it down while stopping."""
+        """A worker was reaped: restart it while running, count it down when retired or stopping."""
         pid, slot.process = slot.pid, None
         how = describe_exit(reason)
-        if self._state is not SupervisorState.RUNNING:
+        if slot.retired:
+            log.info("worker {number} (pid {pid}) of generation {generation} stopped: {how}",
+                     number=slot.number, pid=pid, generation=slot.generation, how=how)
+            self.retiring.remove(slot)
+            self._maybe_reloaded()
+            self._maybe_stopped()
+            return
+        if self._state not in _SPAWNING:
             log.info("worker {number} (pid {pid}) stopped: {how}",
                      number=slot.number, pid=pid, how=how)
             self._maybe_stopped()
@@ -450,14 +503,139 @@ class Supervisor(MultiService):
             )
         slot.pending = self.reactor.callLater(decision.delay, self._spawn, slot)
 
+    # -- reload -----------------------------------------------------------------
+
+    def sighup(self) -> None:
+        """SIGHUP: reload the configuration file (one reload at a time), else forward it."""
+        source = self._source
+        if source is None or source.path is None:
+            log.info("SIGHUP: started with --listen/--upstream, there is no configuration "
+                     "file; the workers reload their TLS certificates only")
+            self.forward_sighup()
+            return
+        if self._state is SupervisorState.RELOADING:
+            if not self._reload_waiting:
+                log.info("SIGHUP: the previous workers are still draining after a reload; "
+                         "reloading again once they are gone")
+            self._reload_waiting = True
+            return
+        if self._state is not SupervisorState.RUNNING:
+            return
+        config = read_again(source)
+        if config is None:
+            return
+        try:
+            self.reload(config)
+        except ReloadRefused as exc:
+            log.error("reload refused: {why}; the configuration in use stays in force", why=exc)
+
+    def reload(self, config: Config) -> None:
+        """Start a generation of workers on ``config``, then retire the current one.
+
+        The new workers' sockets are bound first; when one can't be (or a
+        listener can't be shared by workers) :class:`ReloadRefused` is raised
+        and nothing has changed.  Sockets no new worker uses are closed here
+        once the new workers are spawned (the old workers hold their own
+        copies until they stop listening).  The current workers get SIGTERM
+        once every new one says it serves (:meth:`worker_ready`), so some
+        worker accepts on each socket all along.
+        """
+        source = self._source or ConfigSource(None)
+        count = source.worker_count(config)
+        blocked = unshareable(config)
+        if blocked:
+            raise ReloadRefused(
+                f"[listener:{blocked[0].name}] bind: {blocked[0].bind!r} can't be shared by "
+                "worker processes; restart to apply it"
+            )
+        try:
+            sockets = self._bind_listeners(config, count)
+        except CannotListenError as exc:
+            raise ReloadRefused(f"a listener can't listen: {exc}") from exc
+        for note in restart_notes(self.config, config, source, in_place=False):
+            log.warn("reload: {note}", note=note)
+        old_sockets, self.sockets = self.sockets, sockets
+        old_file, self._config_file = self._config_file, _config_file(config)
+        old_timeout = self.stop_timeout
+        self.config, self.count = config, count
+        self.stop_timeout = self._stop_timeout_for(config)
+        self.generation += 1
+        retiring = self.slots
+        self.slots = [_Slot(number, self._policy, self.generation)
+                      for number in range(1, count + 1)]
+        for slot in retiring:
+            slot.retired = True
+            if slot.pending is not None and slot.pending.active():
+                slot.pending.cancel()
+            slot.pending = None
+        self.retiring += [slot for slot in retiring if slot.process is not None]
+        self._state = SupervisorState.RELOADING
+        for slot in self.slots:
+            self._spawn(slot)
+        kept = {id(sock) for socks in sockets.values() for sock in socks}
+        for socks in old_sockets.values():
+            for sock in socks:
+                if id(sock) not in kept:
+                    sock.close()
+        if old_file is not None:
+            old_file.close()
+        self._retire_timeout = old_timeout
+        self._retire_sent = False
+        log.info(
+            "reload: applied {path}: generation {generation}, {count} workers starting; "
+            "the {old} previous workers stop once they serve",
+            path=source.path, generation=self.generation, count=count, old=len(self.retiring),
+        )
+        self._retire_call = self.reactor.callLater(READY_TIMEOUT, self._retire, True)
+
+    def worker_ready(self, slot: _Slot) -> None:
+        """A worker says it serves; once every new one has, the previous generation stops."""
+        slot.ready = True
+        if (self._state is SupervisorState.RELOADING and not self._retire_sent
+                and all(new.ready for new in self.slots)):
+            self._retire(late=False)
+
+    def _retire(self, late: bool) -> None:
+        """SIGTERM the previous generation (each drains), SIGKILL what is left at its deadline."""
+        if self._retire_call is not None and self._retire_call.active():
+            self._retire_call.cancel()
+        self._retire_sent = True
+        if late:
+            log.warn("reload: not every new worker serves after {timeout:.0f}s; stopping the "
+                     "previous ones all the same", timeout=READY_TIMEOUT)
+        sent = self._signal(self.retiring, "TERM")
+        log.info("reload: generation {generation} serves; {sent} previous workers draining",
+                 generation=self.generation, sent=sent)
+        self._retire_call = self.reactor.callLater(self._retire_timeout, self._kill_retiring)
+        self._maybe_reloaded()
+
+    def _kill_retiring(self) -> None:
+        self._retire_call = None
+        count = self._signal(self.retiring, "KILL")
+        if count:
+            log.warn("{count} previous workers still running after a reload: killed", count=count)
+
+    def _maybe_reloaded(self) -> None:
+        """Once the new workers serve and the old are gone: RUNNING again; a waiting SIGHUP runs."""
+        if self._state is not SupervisorState.RELOADING or self.retiring or not self._retire_sent:
+            return
+        if self._retire_call is not None and self._retire_call.active():
+            self._retire_call.cancel()
+        self._retire_call = None
+        self._state = SupervisorState.RUNNING
+        log.info("reload: every worker of the previous generation has stopped")
+        if self._reload_waiting:
+            self._reload_waiting = False
+            self.sighup()
+
     def forward_sighup(self) -> None:
-        """SIGHUP: pass it to every worker, which reloads its certificates."""
-        sent = self._signal_all("HUP")
+        """SIGHUP without a file: pass it to every worker, which reloads its certificates."""
+        sent = self._signal(self.slots, "HUP")
         log.info("SIGHUP: forwarded to {count} workers", count=sent)
 
-    def _signal_all(self, name: str) -> int:
+    def _signal(self, slots: Sequence[_Slot], name: str) -> int:
         sent = 0
-        for slot in self.slots:
+        for slot in slots:
             if slot.process is None:
                 continue
             try:
@@ -474,9 +652,14 @@ class Supervisor(MultiService):
     # -- stop -------------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
-        """Stop accepting, SIGTERM every worker, SIGKILL after ``stop_timeout``, wait for all."""
+        """Stop accepting, SIGTERM every worker, SIGKILL after ``stop_timeout``, wait for all.
+
+        Workers of a reload's previous generation stop too (SIGTERM unless
+        they had it, SIGKILL with the rest).
+        """
         demos = super().stopService()
         self._state = SupervisorState.STOPPING
+        self._reload_waiting = False
         if self._restore_sighup is not None:
             self._restore_sighup()
             self._restore_sighup = None
@@ -487,7 +670,14 @@ class Supervisor(MultiService):
         # The workers hold their own copies; the sockets go when the last closes.
         self._close_sockets()
         self._stopped = Deferred()
-        count = self._signal_all("TERM")
+        if self._retire_call is not None and self._retire_call.active():
+            self._retire_call.cancel()
+        self._retire_call = None
+        # A reload's previous workers that are still serving stop now too.
+        if not self._retire_sent:
+            self._signal(self.retiring, "TERM")
+            self._retire_sent = True
+        count = self._signal(self.slots, "TERM")
         if count:
             log.info("stopping {count} workers", count=count)
             self._kill_call = self.reactor.callLater(self.stop_timeout, self._kill_remaining)
@@ -498,13 +688,15 @@ class Supervisor(MultiService):
 
     def _kill_remaining(self) -> None:
         self._kill_call = None
-        count = self._signal_all("KILL")
+        count = self._signal(self.slots + self.retiring, "KILL")
         if count:
             log.warn("{count} workers still running after {timeout:.0f}s: killed",
                      count=count, timeout=self.stop_timeout)
 
     def _maybe_stopped(self) -> None:
-        if self._stopped is None or any(slot.process is not None for slot in self.slots):
+        if self._stopped is None or self.retiring or any(
+            slot.process is not None for slot in self.slots
+        ):
             return
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
@@ -530,6 +722,18 @@ class Supervisor(MultiService):
                 os.close(fd)
         self._devnull = -1
         self._alive = None
+
+
+#: The states in which a worker that exits is started again.
+_SPAWNING = (SupervisorState.RUNNING, SupervisorState.RELOADING)
+
+
+def _config_file(config: Config) -> IO[bytes]:
+    """An unlinked file holding ``config`` pickled, for workers to read (:func:`gateway.adoption.read_config`)."""
+    file = tempfile.TemporaryFile()
+    file.write(pickle.dumps(config))
+    file.flush()
+    return file
 
 
 __all__ = [

@@ -17,6 +17,7 @@ from twisted.python import usage
 from gateway import config as configuration
 from gateway import workers
 from gateway.logbuffer import BatchedLogObserver
+from gateway.reload import ConfigSource
 
 
 def worker_option(text: str) -> int:
@@ -72,9 +73,10 @@ class Options(usage.Options):
 
 def load(options: Options) -> configuration.Config:
     """The configuration the options ask for; ConfigError when it is wrong."""
-    if options["listen"] is not None:
+    path = config_source(options).path
+    if path is None:
         return configuration.quick(options["listen"], options["upstreams"], options["cache"])
-    return configuration.load(options["config"] or configuration.default_path())
+    return configuration.load(path)
 
 
 def makeService(options: Options) -> IService:
@@ -104,10 +106,7 @@ def makeService(options: Options) -> IService:
         raise SystemExit(1) from None
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    configured = options["workers"]
-    if configured is None:
-        configured = config.gateway.workers
-    count = workers.worker_count(configured, os.cpu_count())
+    count = config_source(options).worker_count(config)
     blocked = workers.unshareable(config) if count > 1 else ()
     if blocked:
         names = ", ".join(f"{lst.name} ({lst.bind})" for lst in blocked)
@@ -117,8 +116,9 @@ def makeService(options: Options) -> IService:
             file=sys.stderr,
         )
         count = 1
+    source = config_source(options)
     if count == 1:
-        return GatewayService(reactor, config)
+        return GatewayService(reactor, config, source=source)
     from gateway.supervisor import Supervisor, worker_command
 
     return Supervisor(
@@ -127,7 +127,16 @@ def makeService(options: Options) -> IService:
         count,
         worker_command(sys.executable),
         relay_logs=not options["log_to_stdout"],
+        source=source,
     )
+
+
+def config_source(options: Options) -> ConfigSource:
+    """Where SIGHUP reads the configuration again: the file loaded at start, if any."""
+    path = None
+    if options["listen"] is None:
+        path = options["config"] or configuration.default_path()
+    return ConfigSource(path, options["workers"])
 
 
 def logs_to_stdout(twistd: Mapping[str, Any]) -> bool:
@@ -173,5 +182,6 @@ def _worker_service(reactor: Any, environ: Mapping[str, str]) -> IService:
     assert setup is not None
     config = read_config(workers.CONFIG_FD)
     service = GatewayService(reactor, config, sockets=setup.sockets)
-    SupervisorLink(reactor, setup.number, workers.PARENT_FD, reactor.stop).setServiceParent(service)
+    link = SupervisorLink(reactor, setup.number, workers.PARENT_FD, reactor.stop, workers.READY_FD)
+    link.setServiceParent(service)
     return service

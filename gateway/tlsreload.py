@@ -197,22 +197,24 @@ class Certificates:
         if current != self._signature:
             self.reload("files changed")
 
-    def configure(self, config: Config) -> None:
-        """A new configuration (the service's reload): new sites, settings and files."""
+    def configure(self, config: Config, reason: str = "configuration reload") -> None:
+        """A new configuration (the service's reload): new sites, settings and files.
+
+        ``reason`` names the reload in the log lines (``SIGHUP`` when a signal asked).
+        """
         old = self.config
         self.config = config
-        for listener in config.listeners:
-            if listener.tls and listener.name not in self.creators:
-                log.warn(
-                    "listener {name}: tls = true needs a restart to take effect",
-                    name=listener.name,
-                )
+        # The service opens new TLS listeners (``wrap``) after this; a listener
+        # that is gone no longer rotates its contexts.
+        names = {listener.name for listener in config.listeners}
+        for name in [name for name in self.creators if name not in names]:
+            del self.creators[name]
         if self._started and (
             old.gateway.tls_reload_interval != config.gateway.tls_reload_interval
             or old.gateway.tls_ticket_rotate != config.gateway.tls_ticket_rotate
         ):
             self._restart_timers()
-        self.reload("configuration reload")
+        self.reload(reason)
 
     def reload(self, reason: str = "SIGHUP") -> None:
         """Load every file again; what fails keeps what it had; then swap contexts."""

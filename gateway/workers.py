@@ -55,10 +55,12 @@ SOCKETS_ENV = "GATEWAY_SOCKETS"
 LOG_ENV = "GATEWAY_WORKER_LOG"
 
 #: Descriptors in a worker: the pickled :class:`~gateway.config.Config` (read to
-#: EOF at start), a pipe whose EOF means the supervisor is gone, then sockets.
+#: EOF at start), a pipe whose EOF means the supervisor is gone, a pipe on which
+#: the worker says it is ready (it listens and handles signals), then sockets.
 CONFIG_FD = 3
 PARENT_FD = 4
-FIRST_SOCKET_FD = 5
+READY_FD = 5
+FIRST_SOCKET_FD = 6
 
 _FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
 _FAMILY_NAMES = {value: name for name, value in _FAMILIES.items()}

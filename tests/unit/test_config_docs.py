@@ -88,12 +88,11 @@ class ConfigurationDocsTests(SynchronousTestCase):
                 SECTION_KEYS[kind][key].parser.parse(row["example"])
 
     def test_reload(self) -> None:
-        """Every key reloads except a listener's socket kind and the number of workers."""
+        """Every key reloads except a listener's kind (in one process) and a demo's bind."""
         restart = {
-            ("listener", "bind"),
             ("listener", "tls"),
             ("listener", "redirect_https"),
-            ("gateway", "workers"),
+            ("demo", "bind"),
         }
         for kind, rows in self.docs.items():
             for key, row in rows.items():

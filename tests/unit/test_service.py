@@ -67,3 +67,56 @@ class ShutdownTests(SynchronousTestCase):
             clock.advance(0.05)
         self.assertTrue(transport.disconnecting or transport.disconnected)
         self.successResultOf(stopped)
+
+
+class StopAcceptingTests(SynchronousTestCase):
+    """At shutdown, idle keep-alive connections close; new ones get timeout_header first."""
+
+    def connect(self, header_timeout: float) -> tuple[object, object, object]:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from gateway.service import GatewayService
+        from gateway.testing import simple_config
+
+        clock = MemoryReactorClock()
+        config = simple_config(listener={"timeout_header": header_timeout})
+        service = GatewayService(clock, config)
+        factory = service.factories[0]
+        protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return clock, factory, (protocol, transport)
+
+    def test_new_connection_kept_for_its_first_request(self) -> None:
+        """A connection that sent nothing yet stays open just under timeout_header."""
+        clock, factory, (_protocol, transport) = self.connect(2.0)
+        factory.stop_accepting()
+        clock.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_first_request_answered_then_closed(self) -> None:
+        """A request arriving after stop_accepting on a new connection starts its exchange."""
+        clock, factory, (protocol, transport) = self.connect(2.0)
+        factory.stop_accepting()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(protocol.requests, 1)
+        self.assertEqual(len(clock.tcpClients), 1)  # forwarded upstream
+        self.assertFalse(transport.disconnecting)
+
+    def test_idle_keep_alive_closed_at_once(self) -> None:
+        """A connection idle after an answered request closes at stop_accepting."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        clock, factory, (protocol, transport) = self.connect(2.0)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        host, port, upstream_factory, _, _ = clock.tcpClients[-1]
+        upstream = upstream_factory.buildProtocol(IPv4Address("TCP", host, port))
+        upstream.makeConnection(StringTransport())
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertFalse(transport.disconnecting)
+        factory.stop_accepting()
+        self.assertTrue(transport.disconnecting)

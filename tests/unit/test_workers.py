@@ -508,12 +508,13 @@ class SupervisorTests(SynchronousTestCase):
         self.make(count=2)
         envs = [p.env for p in self.reactor.processes]
         self.assertEqual([e[workers.WORKER_ENV] for e in envs], ["1", "2"])
-        self.assertEqual([e[workers.SOCKETS_ENV] for e in envs], ["web=5:inet", "web=5:inet"])
+        self.assertEqual([e[workers.SOCKETS_ENV] for e in envs], ["web=6:inet", "web=6:inet"])
         first, second = self.reactor.processes
-        self.assertEqual((first.child_fds[5], second.child_fds[5]), (100, 101))
+        self.assertEqual((first.child_fds[6], second.child_fds[6]), (100, 101))
         self.assertEqual((first.child_fds[1], first.child_fds[2]), (1, 2))
         self.assertIn(workers.CONFIG_FD, first.child_fds)
         self.assertIn(workers.PARENT_FD, first.child_fds)
+        self.assertEqual(first.child_fds[workers.READY_FD], "r")
         self.assertEqual(envs[0]["PATH"], "/bin")
 
     def test_relay_uses_pipes(self) -> None:
@@ -537,7 +538,7 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor.advance(0.5)
         self.assertEqual(len(self.reactor.processes), 3)
         self.assertEqual(self.reactor.processes[2].env[workers.WORKER_ENV], "1")
-        self.assertEqual(self.reactor.processes[2].child_fds[5], 100)
+        self.assertEqual(self.reactor.processes[2].child_fds[6], 100)
 
     def test_sighup_forwarded(self) -> None:
         """SIGHUP to the supervisor reaches every live worker."""
