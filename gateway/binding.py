@@ -13,10 +13,19 @@ Invariants: no reactor; a failure closes what it opened and raises
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 
-from gateway.workers import ListenSpec
+from gateway.workers import ListenSpec, listen_spec
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+log = Logger()
 
 
 def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
@@ -50,4 +59,56 @@ def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-__all__ = ["bind_socket"]
+def bind_listeners(
+    config: Config,
+    count: int,
+    reuse_port: bool,
+    before: Mapping[str, str],
+    bound: Mapping[str, list[socket.socket]],
+    bind: Callable[[ListenSpec, bool], socket.socket] = bind_socket,
+) -> dict[str, list[socket.socket]]:
+    """The sockets ``count`` workers of ``config`` accept on, all bound or none.
+
+    With ``reuse_port`` each listener gets a socket per worker (``SO_REUSEPORT``),
+    else one shared. A listener whose ``bind`` is what it was (``before``:
+    name -> bind) keeps the sockets it has in ``bound`` (more are bound for
+    more workers, the surplus is left out for fewer); the others get new ones.
+
+    :raises CannotListenError: when one can't be bound (what this call
+        bound is closed again).
+    :raises ValueError: when a listener's endpoint can't be shared.
+    """
+    wanted = count if reuse_port else 1
+    sockets: dict[str, list[socket.socket]] = {}
+    fresh: list[socket.socket] = []
+    try:
+        for listener in config.listeners:
+            spec = listen_spec(listener.bind)
+            if spec is None:
+                raise ValueError(f"listener {listener.name}: {listener.bind!r} can't be shared by workers")
+            socks: list[socket.socket] = []
+            if before.get(listener.name) == listener.bind:
+                socks = list(bound.get(listener.name, []))[:wanted]
+            if not socks:
+                socks = [bind(spec, reuse_port)]
+                fresh.append(socks[0])
+            host, port = socks[0].getsockname()[:2]
+            # Port 0: the others join the port the kernel gave the first.
+            same = replace(spec, port=port)
+            while len(socks) < wanted:
+                socks.append(bind(same, True))
+                fresh.append(socks[-1])
+            sockets[listener.name] = socks
+            log.info(
+                "listener {name} bound on {host}:{port} (backlog {backlog}) for {count} workers, {how}",
+                name=listener.name, host=host, port=port, backlog=spec.backlog, count=count,
+                how="a socket each (SO_REUSEPORT)" if reuse_port else "one shared socket",
+            )  # fmt: skip
+    except BaseException:
+        for sock in fresh:
+            sock.close()
+        raise
+    return sockets
+
+
+__all__ = ["bind_listeners", "bind_socket"]

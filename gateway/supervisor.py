@@ -32,7 +32,8 @@ Elsewhere every worker shares one socket per listener.
   SIGHUP is forwarded to every worker, which reloads its certificates.
 - Worker logs: straight to the inherited stdout/stderr when the supervisor
   logs to stdout (one stream, no relay cost); otherwise through pipes, as JSON
-  events the supervisor publishes into its own log (:class:`LogRelay`).
+  events the supervisor publishes into its own log
+  (:class:`~gateway.logrelay.LogRelay`).
 
 Invariants: nothing is bound in ``__init__``; the reactor is injected; an
 unexpected failure is logged and never raised into the reactor.
@@ -46,19 +47,18 @@ import pickle
 import socket
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import CannotListenError, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import LogLevel, Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
-from gateway.binding import bind_socket
+from gateway.binding import bind_listeners, bind_socket
+from gateway.logrelay import LogRelay, describe_exit
 from gateway.demo import demo_site
 from gateway.reload import ConfigSource, ReloadRefused, read_again, restart_notes
 from gateway.service import listen_service
@@ -77,7 +77,6 @@ from gateway.workers import (
     RestartPolicy,
     Restarts,
     encode_sockets,
-    listen_spec,
     unshareable,
 )
 
@@ -118,9 +117,6 @@ STOP_MARGIN = 5.0
 #: stops the previous ones all the same.
 READY_TIMEOUT = 30.0
 
-#: A relayed worker line longer than this is passed on in pieces.
-MAX_RELAY_LINE = 64 * 1024
-
 
 def worker_command(executable: str) -> list[str]:
     """The argv of a worker process run by the interpreter ``executable``."""
@@ -134,71 +130,6 @@ def reuseport_balances(platform: str = sys.platform) -> bool:
     macOS give every connection to the last one bound, which balances nothing.
     """
     return platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
-
-
-def describe_exit(reason: Failure) -> str:
-    """``exited with status 3`` / ``was killed by signal 9`` / ``exited normally``."""
-    value = reason.value
-    if isinstance(value, ProcessTerminated):
-        if value.signal is not None:
-            return f"was killed by signal {value.signal}"
-        return f"exited with status {value.exitCode}"
-    return "exited normally"
-
-
-class LogRelay:
-    """Publishes what a worker writes on a pipe into the supervisor's own log.
-
-    Lines starting with the JSON record separator are twisted.logger events
-    (the worker's :func:`gateway.adoption.worker_log_observer` in JSON mode)
-    and are published as they are, with their own time, level and system;
-    anything else (stderr, a stray print) becomes a warning labelled
-    ``worker=N``.  A line is held until its newline, at most
-    :data:`MAX_RELAY_LINE` bytes.
-    """
-
-    def __init__(self, number: int, publish: Callable[[dict[str, Any]], None]) -> None:
-        self.number = number
-        self._publish = publish
-        self._buffers: dict[int, bytes] = {}
-
-    def feed(self, fd: int, data: bytes) -> None:
-        """Bytes the worker wrote on its descriptor ``fd``."""
-        buffer = self._buffers.get(fd, b"") + data
-        *lines, rest = buffer.split(b"\n")
-        while len(rest) > MAX_RELAY_LINE:
-            lines.append(rest[:MAX_RELAY_LINE])
-            rest = rest[MAX_RELAY_LINE:]
-        self._buffers[fd] = rest
-        for line in lines:
-            self._line(fd, line)
-
-    def flush(self) -> None:
-        """Pass on what is left without a newline (the worker has gone)."""
-        for fd, rest in self._buffers.items():
-            if rest:
-                self._line(fd, rest)
-        self._buffers.clear()
-
-    def _line(self, fd: int, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace")
-        if text.startswith("\x1e"):
-            try:
-                self._publish(eventFromJSON(text[1:]))
-                return
-            except Exception:
-                pass  # not an event after all: pass the text on
-        if not text.strip():
-            return
-        stream = "stderr" if fd == 2 else "stdout"
-        self._publish({
-            "log_format": "{line}",
-            "line": text,
-            "log_level": LogLevel.warn,
-            "log_namespace": "gateway.worker",
-            "log_system": f"worker={self.number} {stream}",
-            "log_time": time.time(),
-        })
 
 
 class SupervisorState(enum.Enum):
@@ -353,52 +284,9 @@ class Supervisor(MultiService):
         super().privilegedStartService()
 
     def _bind_listeners(self, config: Config, count: int) -> dict[str, list[socket.socket]]:
-        """The sockets ``count`` workers of ``config`` accept on, all bound or none.
-
-        A listener whose ``bind`` is what it was keeps the sockets it has
-        (more are bound for more workers, the surplus is left out for fewer);
-        the others get new ones.
-
-        :raises CannotListenError: when one can't be bound (what this call
-            bound is closed again).
-        :raises ValueError: when a listener's endpoint can't be shared.
-        """
+        """The sockets ``count`` workers of ``config`` accept on (:func:`~gateway.binding.bind_listeners`)."""
         before = {listener.name: listener.bind for listener in self.config.listeners}
-        wanted = count if self.reuse_port else 1
-        sockets: dict[str, list[socket.socket]] = {}
-        fresh: list[socket.socket] = []
-        try:
-            for listener in config.listeners:
-                spec = listen_spec(listener.bind)
-                if spec is None:
-                    raise ValueError(
-                        f"listener {listener.name}: {listener.bind!r} can't be shared by workers"
-                    )
-                socks: list[socket.socket] = []
-                if before.get(listener.name) == listener.bind:
-                    socks = self.sockets.get(listener.name, [])[:wanted]
-                if not socks:
-                    socks = [self._bind(spec, self.reuse_port)]
-                    fresh.append(socks[0])
-                host, port = socks[0].getsockname()[:2]
-                # Port 0: the others join the port the kernel gave the first.
-                same = replace(spec, port=port)
-                while len(socks) < wanted:
-                    socks.append(self._bind(same, True))
-                    fresh.append(socks[-1])
-                sockets[listener.name] = socks
-                log.info(
-                    "listener {name} bound on {host}:{port} (backlog {backlog}) for {count} "
-                    "workers, {how}",
-                    name=listener.name, host=host, port=port, backlog=spec.backlog,
-                    count=count,
-                    how="a socket each (SO_REUSEPORT)" if self.reuse_port else "one shared socket",
-                )
-        except BaseException:
-            for sock in fresh:
-                sock.close()
-            raise
-        return sockets
+        return bind_listeners(config, count, self.reuse_port, before, self.sockets, self._bind)
 
     def startService(self) -> None:
         """Start the demo origins, every worker, and SIGHUP handling."""
@@ -737,12 +625,10 @@ def _config_file(config: Config) -> IO[bytes]:
 
 
 __all__ = [
-    "LogRelay",
     "STOP_MARGIN",
     "Supervisor",
     "SupervisorState",
     "bind_socket",
-    "describe_exit",
     "reuseport_balances",
     "worker_command",
 ]

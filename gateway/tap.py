@@ -106,7 +106,8 @@ def makeService(options: Options) -> IService:
         raise SystemExit(1) from None
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    count = config_source(options).worker_count(config)
+    source = config_source(options)
+    count = source.worker_count(config)
     blocked = workers.unshareable(config) if count > 1 else ()
     if blocked:
         names = ", ".join(f"{lst.name} ({lst.bind})" for lst in blocked)
@@ -116,7 +117,6 @@ def makeService(options: Options) -> IService:
             file=sys.stderr,
         )
         count = 1
-    source = config_source(options)
     if count == 1:
         return GatewayService(reactor, config, source=source)
     from gateway.supervisor import Supervisor, worker_command

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from gateway import adoption, supervisor, workers
+from gateway import adoption, logrelay, supervisor, workers
 from gateway.config import DemoConfig, ListenerConfig
 from gateway.service import GatewayService
 from gateway.tap import logs_to_stdout, worker_option
@@ -264,7 +264,7 @@ class LabelTests(SynchronousTestCase):
 class LogRelayTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.published: list[dict[str, Any]] = []
-        self.relay = supervisor.LogRelay(1, self.published.append)
+        self.relay = logrelay.LogRelay(1, self.published.append)
 
     def test_json_event_passes_whole(self) -> None:
         """A JSON event line is published with its own level, namespace and system."""
@@ -288,8 +288,8 @@ class LogRelayTests(SynchronousTestCase):
 
     def test_long_line_split(self) -> None:
         """A line past MAX_RELAY_LINE is passed on in pieces, never held whole."""
-        self.relay.feed(1, b"x" * (supervisor.MAX_RELAY_LINE + 10))
-        self.assertEqual(len(self.published[0]["line"]), supervisor.MAX_RELAY_LINE)
+        self.relay.feed(1, b"x" * (logrelay.MAX_RELAY_LINE + 10))
+        self.assertEqual(len(self.published[0]["line"]), logrelay.MAX_RELAY_LINE)
 
     def test_bad_json_is_text(self) -> None:
         """A record separator followed by garbage is relayed as text, not dropped."""
@@ -308,15 +308,15 @@ class LogRelayTests(SynchronousTestCase):
 
 class DescribeExitTests(SynchronousTestCase):
     def test_signal(self) -> None:
-        self.assertEqual(supervisor.describe_exit(Failure(ProcessTerminated(signal=9))),
+        self.assertEqual(logrelay.describe_exit(Failure(ProcessTerminated(signal=9))),
                          "was killed by signal 9")
 
     def test_status(self) -> None:
-        self.assertEqual(supervisor.describe_exit(Failure(ProcessTerminated(exitCode=3))),
+        self.assertEqual(logrelay.describe_exit(Failure(ProcessTerminated(exitCode=3))),
                          "exited with status 3")
 
     def test_done(self) -> None:
-        self.assertEqual(supervisor.describe_exit(Failure(ProcessDone(0))), "exited normally")
+        self.assertEqual(logrelay.describe_exit(Failure(ProcessDone(0))), "exited normally")
 
     def test_reuseport_platforms(self) -> None:
         """SO_REUSEPORT balances on Linux only (BSD and macOS give all to one socket)."""
@@ -597,6 +597,6 @@ class JSONLogTests(SynchronousTestCase):
         observer({"log_format": "hi", "log_level": LogLevel.info, "log_namespace": "n",
                   "log_time": 1.0})
         published: list[dict[str, Any]] = []
-        supervisor.LogRelay(3, published.append).feed(1, "".join(lines).encode())
+        logrelay.LogRelay(3, published.append).feed(1, "".join(lines).encode())
         self.assertEqual(published[0]["log_system"], "worker=3 n#info")
         self.assertEqual(json.loads(lines[0][1:])["log_format"], "hi")
