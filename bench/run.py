@@ -434,7 +434,8 @@ def main(argv: list[str]) -> int:
     notes = report.machine_notes(tools["nginx"], tools["wrk"], source,
                                  os.environ.get("BENCH_REVISION"))
     command = entry_command(argv)
-    begin, end = report.MARKERS[mode]
+    interpreter = os.path.basename(os.environ.get("BENCH_PYTHON", "")) or None
+    begin, end = report.markers(mode, interpreter)
     if mode == "tls":
         notes.append(f"- {report.first_line([tools['openssl'], 'version'])}")
         heading = report.heading(command, started_at, elapsed, notes)
@@ -446,7 +447,7 @@ def main(argv: list[str]) -> int:
         heading = report.heading(command, started_at, elapsed, notes)
         block = "\n".join([begin, cachebench.section(cache_results, cache_plan, heading), end])
     else:
-        block = report.generated_block(results, plan, command, started_at, elapsed, notes)
+        block = report.generated_block(results, plan, command, started_at, elapsed, notes, begin, end)
     print("\n" + block)
     if write_docs:
         report.update_docs(DOCS, block, begin, end)
