@@ -11,6 +11,11 @@ difference is bridged here, once, and only where CPython and PyPy differ:
   ``Context.set_tls13_ciphersuites`` in 25.2 (which needs cryptography 45);
   before that, OpenSSL's own ``SSL_CTX_set_ciphersuites`` is called through
   pyOpenSSL's bindings, exactly as 25.2 does.
+- :func:`set_cipher_list`: pyOpenSSL before 25.2 checks a new cipher list on
+  a throw-away ``Connection``, which marks the context as used, so every
+  later setting of it draws "Attempting to mutate a Context after a
+  Connection was created" (an error to come); ``SSL_CTX_set_cipher_list`` is
+  called directly instead.
 - :func:`freeze_heap`: ``gc.freeze`` is CPython's; PyPy's generational GC
   has no permanent generation to move objects into, nor the need.
 """
@@ -23,7 +28,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
-__all__ = ["SLOTS", "freeze_heap", "set_tls13_ciphersuites"]
+__all__ = ["SLOTS", "freeze_heap", "set_cipher_list", "set_tls13_ciphersuites"]
 
 #: Keyword arguments for ``@dataclass``: ``slots=True`` where Python has it.
 SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}
@@ -39,6 +44,17 @@ def set_tls13_ciphersuites(context: SSL.Context, suites: bytes) -> None:
 
     if _lib.SSL_CTX_set_ciphersuites(context._context, suites) != 1:  # type: ignore[attr-defined]
         raise SSL.Error(f"TLS 1.3 cipher suites refused: {suites!r}")
+
+
+def set_cipher_list(context: SSL.Context, ciphers: bytes) -> None:
+    """``context.set_cipher_list(ciphers)`` (TLS 1.2 and older), leaving the context unused on pyOpenSSL < 25.2."""
+    if hasattr(context, "set_tls13_ciphersuites"):  # pyOpenSSL 25.2 or later
+        context.set_cipher_list(ciphers)
+        return
+    from OpenSSL.SSL import _lib  # type: ignore[attr-defined]
+
+    if _lib.SSL_CTX_set_cipher_list(context._context, ciphers) != 1:  # type: ignore[attr-defined]
+        raise SSL.Error(f"cipher list refused: {ciphers!r}")
 
 
 def freeze_heap() -> None:

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from gateway.compat import set_tls13_ciphersuites
+from gateway.compat import set_cipher_list, set_tls13_ciphersuites
 from gateway.tlsfiles import CertKey, SiteMaterial
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def build_context(
         ciphers = CIPHERS_TLS12
         if settings.min_version in _LEGACY:
             ciphers += CIPHERS_LEGACY
-        context.set_cipher_list(ciphers.encode("ascii"))
+        set_cipher_list(context, ciphers.encode("ascii"))
         set_tls13_ciphersuites(context, SUITES_TLS13.encode("ascii"))
         context.set_session_id(settings.session_id)
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config, tlsupstream
+from gateway.compat import set_cipher_list
 from gateway.config import ConfigError, ListenerConfig, SiteConfig
 from gateway.redirect import location, redirect_response
 from gateway.parser import HeadLimits, parse_request
@@ -462,7 +463,7 @@ def handshake(
         context.set_max_proto_version(max_version)
         context.set_min_proto_version(SSL.TLS1_VERSION)
     if ciphers is not None:
-        context.set_cipher_list(ciphers)
+        set_cipher_list(context, ciphers)
     if alpn is not None:
         context.set_alpn_protos(alpn)
     if client_cert is not None:
