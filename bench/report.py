@@ -170,6 +170,20 @@ def _revision(repo: Path) -> str:
     return f"{head} plus uncommitted changes" if dirty else head
 
 
+def _other_interpreter() -> str:
+    """With ``BENCH_PYTHON``: what ran the gateway instead (its version, Twisted's, the GC nursery)."""
+    if not os.environ.get("BENCH_PYTHON"):
+        return ""
+    python = str(Path(os.environ["BENCH_TWISTD"]).with_name("python"))
+    versions = first_line([python, "-c", "import sys, twisted; print(sys.version.split()[0], "
+                           "sys.implementation.name, twisted.__version__)"]).split()
+    nursery = os.environ.get("PYPY_GC_NURSERY") or "default"
+    if len(versions) != 3:
+        return f"; the gateway ran under {os.environ['BENCH_PYTHON']}"
+    return (f"; the gateway ran under {versions[1]} (Python {versions[0]}, Twisted {versions[2]}, "
+            f"PYPY_GC_NURSERY {nursery})")
+
+
 def machine_notes(nginx: str, wrk: str, source: Path, revision: str | None) -> list[str]:
     """What the numbers were measured on, one Markdown list item each.
 
@@ -179,8 +193,7 @@ def machine_notes(nginx: str, wrk: str, source: Path, revision: str | None) -> l
     return [
         f"- CPUs: {first_line(['nproc'])} × {_cpu_model()}",
         f"- Kernel: {platform.system()} {platform.release()}",
-        f"- Python {platform.python_version()}, Twisted {twisted.__version__}"
-        + (f"; the gateway ran under {os.environ['BENCH_PYTHON']}" if os.environ.get("BENCH_PYTHON") else ""),
+        f"- Python {platform.python_version()}, Twisted {twisted.__version__}" + _other_interpreter(),
         f"- {first_line([nginx, '-v']).replace('nginx version: ', '')}, {wrk_version}",
         f"- gateway revision: {revision or _revision(source)}",
     ]

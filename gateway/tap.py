@@ -6,6 +6,7 @@ This is the only module that imports the global reactor.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from twisted.python import usage
 
 from gateway import config as configuration
 from gateway import workers
+from gateway.compat import interpreter_advice
 from gateway.logbuffer import BatchedLogObserver
 from gateway.reload import ConfigSource
 
@@ -106,6 +108,9 @@ def makeService(options: Options) -> IService:
         raise SystemExit(1) from None
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    advice = interpreter_advice(platform.python_implementation(), os.environ)
+    if advice is not None:
+        print(f"warning: {advice}", file=sys.stderr)
     source = config_source(options)
     count = source.worker_count(config)
     blocked = workers.unshareable(config) if count > 1 else ()

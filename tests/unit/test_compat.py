@@ -7,7 +7,7 @@ import warnings
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.compat import set_cipher_list, set_tls13_ciphersuites
+from gateway.compat import PYPY_NURSERY, interpreter_advice, set_cipher_list, set_tls13_ciphersuites
 
 
 class CipherTests(SynchronousTestCase):
@@ -36,3 +36,21 @@ class CipherTests(SynchronousTestCase):
         """A list that selects nothing raises SSL.Error, as pyOpenSSL's own setter does."""
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         self.assertRaises(SSL.Error, set_cipher_list, context, b"NO-SUCH-CIPHER")
+
+
+class AdviceTests(SynchronousTestCase):
+    """The start-up warning about PyPy's GC nursery."""
+
+    def test_pypy_without_nursery(self) -> None:
+        """PyPy with its default nursery is told which one to set."""
+        advice = interpreter_advice("PyPy", {})
+        assert advice is not None
+        self.assertIn(f"PYPY_GC_NURSERY={PYPY_NURSERY}", advice)
+
+    def test_pypy_with_nursery(self) -> None:
+        """A nursery chosen in the environment, whatever its size, is left to the operator."""
+        self.assertIsNone(interpreter_advice("PyPy", {"PYPY_GC_NURSERY": "4MB"}))
+
+    def test_cpython(self) -> None:
+        """CPython has no nursery to advise on."""
+        self.assertIsNone(interpreter_advice("CPython", {}))
