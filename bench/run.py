@@ -260,9 +260,12 @@ def run_count(plan: Plan, workers_row: bool) -> int:
 
 
 def entry_command(argv: list[str]) -> str:
-    """The command as typed: ``bash bench/run --quick`` (bench/run sets BENCH_ENTRY)."""
+    """The command as typed: ``bash bench/run --quick`` (bench/run sets BENCH_ENTRY),
+    with the ``BENCH_PYTHON=`` it was given."""
     entry = os.environ.get("BENCH_ENTRY", "python bench/run.py")
-    return " ".join([entry, *(shlex.quote(arg) for arg in argv)])
+    interpreter = os.environ.get("BENCH_PYTHON")
+    prefix = [f"BENCH_PYTHON={shlex.quote(interpreter)}"] if interpreter else []
+    return " ".join([*prefix, entry, *(shlex.quote(arg) for arg in argv)])
 
 
 def run_matrix(
