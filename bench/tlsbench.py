@@ -164,7 +164,7 @@ def resumes(openssl: str, server: Server, directory: Path) -> bool:
     the end, so that the TLS 1.3 tickets (sent after the handshake) arrive.
     """
     session = directory / f"{server.name}.session"
-    request = f"GET /1k HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    request = "GET /1k HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
     outputs = []
     for option in ("-sess_out", "-sess_in"):
         argv = [openssl, "s_client", "-connect", f"{HOST}:{server.port}", "-servername",

@@ -24,10 +24,7 @@ to the configuration file's directory.
 from __future__ import annotations
 
 import configparser
-import io
 import os
-import re
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +36,7 @@ from gateway.compat import SLOTS
 from gateway import configkeys
 from gateway.configkeys import Key, table
 from gateway.configvalues import NAME
+from gateway.inifile import Lines, Problems, parse, scan
 from gateway.tlsconfig import tls_findings
 
 
@@ -290,143 +288,12 @@ SECTION_KEYS: Mapping[str, Mapping[str, Key]] = MappingProxyType(
 SINGLE_KINDS = frozenset({"gateway", "defaults"})
 _KIND_FORMS = ", ".join(k if k in SINGLE_KINDS else f"{k}:NAME" for k in SECTION_KEYS)
 
-# configparser's syntax, restated so that line numbers can be recovered: it
-# forgets them.  Delimiter "=" only, because endpoint strings contain ":".
-_SECTION_HEADER = re.compile(r"\[(?P<header>.+)\]")
-_OPTION = re.compile(r"(?P<option>.*?)\s*=\s*(?P<value>.*)$")
-_COMMENT = re.compile(r"(?:^|(?<=\s))[#;]")
-_NO_DEFAULT_SECTION = "\n"  # configparser's [DEFAULT] magic, made unreachable
-_LINE_FORMS = "allowed: key = value, [kind:NAME], or a comment starting with # or ;"
-
-
-class _Problems:
-    """Collects problems for one source, once each, reported in line order."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self._lines: dict[str, int] = {}
-
-    def add(self, line: int, section: str, key: str, message: str) -> None:
-        """Record ``FILE:LINE [section] key: message``."""
-        text = f"{self.source}:{line} [{section}] {key}: {message}"
-        self._lines.setdefault(text, line)
-
-    def raise_any(self) -> None:
-        """Raise :class:`ConfigError` with everything found, if anything was."""
-        if self._lines:
-            raise ConfigError(sorted(self._lines, key=self._lines.__getitem__))
-
-
-@dataclass
-class _Lines:
-    """Where each section and key was first written, and which section owns a line."""
-
-    sections: dict[str, int] = field(default_factory=dict)
-    keys: dict[tuple[str, str], int] = field(default_factory=dict)
-    owners: dict[int, str] = field(default_factory=dict)
-
-    def of(self, section: str, key: str | None = None) -> int:
-        """The key's line, else its section header's line (0 if unknown)."""
-        if key is not None and (section, key) in self.keys:
-            return self.keys[section, key]
-        return self.sections.get(section, 0)
-
-
-def _scan(text: str, problems: _Problems) -> _Lines:
-    """Map sections and keys to line numbers the way configparser reads them.
-
-    Also reports every duplicate section and key: configparser's strict mode
-    stops at the first one.
-    """
-    lines = _Lines()
-    section: str | None = None
-    in_value = False
-    indent_level = sys.maxsize
-    for number, line in enumerate(io.StringIO(text), start=1):
-        value = _COMMENT.split(line, maxsplit=1)[0].strip()
-        if not value:
-            indent_level = sys.maxsize  # a blank line ends a multi-line value
-            continue
-        indent = len(line) - len(line.lstrip())
-        if section is not None and in_value and indent > indent_level:
-            lines.owners[number] = section  # continuation of the previous value
-            continue
-        indent_level = indent
-        header = _SECTION_HEADER.match(value)
-        if header:
-            section, in_value = header.group("header"), False
-            lines.owners[number] = section
-            if section in lines.sections:
-                first = lines.sections[section]
-                message = f"duplicate section; first at line {first}"
-                problems.add(number, section, "-", message)
-            else:
-                lines.sections[section] = number
-            continue
-        if section is None:
-            break  # configparser reports the missing section header
-        lines.owners[number] = section
-        option = _OPTION.match(value)
-        if option:
-            key = option.group("option").rstrip().lower()
-            in_value = bool(key)
-            if key and (section, key) in lines.keys:
-                first = lines.keys[section, key]
-                problems.add(number, section, key, f"duplicate key; first at line {first}")
-            elif key:
-                lines.keys[section, key] = number
-    return lines
-
-
-def _parse(
-    text: str, source: str, lines: _Lines, problems: _Problems
-) -> configparser.ConfigParser | None:
-    """Parse with configparser, turning its exceptions into problems.
-
-    Strict mode raises at the first duplicate; the scan has already reported
-    them all, so the text is then read again leniently to check the rest.
-    """
-    for strict in (True, False):
-        parser = configparser.ConfigParser(
-            interpolation=None,
-            strict=strict,
-            delimiters=("=",),
-            comment_prefixes=("#", ";"),
-            inline_comment_prefixes=("#", ";"),
-            empty_lines_in_values=False,
-            default_section=_NO_DEFAULT_SECTION,
-        )
-        try:
-            parser.read_string(text, source)
-        except configparser.DuplicateSectionError as exc:
-            first = lines.sections.get(exc.section, 0)
-            message = f"duplicate section; first at line {first}"
-            problems.add(exc.lineno or 0, exc.section, "-", message)
-            continue
-        except configparser.DuplicateOptionError as exc:
-            message = f"duplicate key; first at line {lines.of(exc.section, exc.option)}"
-            problems.add(exc.lineno or 0, exc.section, exc.option, message)
-            continue
-        except configparser.MissingSectionHeaderError as exc:
-            message = f"{exc.line.strip()!r} is outside any section; allowed: a header first"
-            problems.add(exc.lineno, "*", "-", message)
-            return None
-        except configparser.ParsingError as exc:
-            text_lines = text.split("\n")
-            for number, _ in exc.errors:
-                shown = text_lines[number - 1].strip()
-                owner = lines.owners.get(number, "*")
-                problems.add(number, owner, "-", f"cannot parse {shown!r}; {_LINE_FORMS}")
-        return parser
-    return None  # unreachable: the lenient pass raises no duplicate errors
-
-
 def _read_section(
     section: str,
     items: Mapping[str, str],
     table: Mapping[str, Key],
-    lines: _Lines,
-    problems: _Problems,
+    lines: Lines,
+    problems: Problems,
 ) -> dict[str, Any]:
     """The section's keys parsed against ``table``; everything wrong is reported."""
     values: dict[str, Any] = {}
@@ -450,7 +317,7 @@ def _read_section(
 
 
 def _sections(
-    parser: configparser.ConfigParser, lines: _Lines, problems: _Problems
+    parser: configparser.ConfigParser, lines: Lines, problems: Problems
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """kind -> NAME -> parsed values, for every well-formed section in file order."""
     found: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in SECTION_KEYS}
@@ -473,7 +340,7 @@ def _sections(
 
 
 def _check_references(
-    found: Mapping[str, Mapping[str, dict[str, Any]]], lines: _Lines, problems: _Problems
+    found: Mapping[str, Mapping[str, dict[str, Any]]], lines: Lines, problems: Problems
 ) -> None:
     """Every name refers to a section that exists; every backend has a server."""
 
@@ -526,7 +393,7 @@ def _check_references(
 
 
 def _check_rules(
-    found: Mapping[str, Mapping[str, dict[str, Any]]], lines: _Lines, problems: _Problems
+    found: Mapping[str, Mapping[str, dict[str, Any]]], lines: Lines, problems: Problems
 ) -> None:
     """Rules between keys (:func:`gateway.configkeys.cross_key_problems` and
     :func:`gateway.configkeys.cache_problems`)."""
@@ -551,7 +418,7 @@ def _resolve_paths(found: Mapping[str, Mapping[str, dict[str, Any]]], source: st
 
 
 def _check_tls(
-    found: Mapping[str, Mapping[str, dict[str, Any]]], lines: _Lines, problems: _Problems
+    found: Mapping[str, Mapping[str, dict[str, Any]]], lines: Lines, problems: Problems
 ) -> list[tuple[int, str]]:
     """TLS rules and files (:mod:`gateway.tlsconfig`); the warnings, with their lines."""
     listener = {key: spec.default for key, spec in _LISTENER.items()}
@@ -568,7 +435,7 @@ def _check_tls(
     return warnings
 
 
-def _route_warnings(source: str, config: Config, lines: _Lines) -> tuple[str, ...]:
+def _route_warnings(source: str, config: Config, lines: Lines) -> tuple[str, ...]:
     """``FILE:LINE [route:NAME] -: never matches: ...`` for each shadowed route."""
     # Imported here: gateway.routing builds on this module's RouteConfig.
     from gateway.routing import shadowed
@@ -625,18 +492,19 @@ def loads(text: str, source: str) -> Config:
 
     :raises ConfigError: with every problem in the text, in line order.
     """
-    problems = _Problems(source)
-    lines = _scan(text, problems)
-    parser = _parse(text, source, lines, problems)
+    problems = Problems(source)
+    lines = scan(text, problems)
+    parser = parse(text, source, lines, problems)
     if parser is None:
-        problems.raise_any()
-        raise AssertionError("a failed parse always reports a problem")
+        # A failed parse has always recorded why.
+        raise ConfigError(problems.found())
     found = _sections(parser, lines, problems)
     _resolve_paths(found, source)
     _check_references(found, lines, problems)
     _check_rules(found, lines, problems)
     tls_warnings = _check_tls(found, lines, problems)
-    problems.raise_any()
+    if problems.found():
+        raise ConfigError(problems.found())
     loaded = _assemble(source, found)
     warnings = _route_warnings(source, loaded, lines)
     warnings += tuple(text for _, text in sorted(tls_warnings, key=lambda pair: pair[0]))
