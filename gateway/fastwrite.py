@@ -90,22 +90,19 @@ def writer_for(transport: object) -> tuple[Write, WriteSequence]:
     return write, write_sequence
 
 
-def _send_nothing(_fd: int, _offset: int, _count: int) -> int:
-    return 0
-
-
-def file_sender_for(transport: object) -> SendFile:
+def file_sender_for(transport: object) -> SendFile | None:
     """``send_file(fd, offset, count)`` for ``transport``: file bytes sent straight to its socket.
 
     While nothing is queued on a plain TCP transport, ``os.sendfile`` sends
     from the file as far as the socket takes without blocking (nginx's
     ``sendfile on``); the count sent is returned and the caller sends the rest
-    its usual way, with backpressure. Anything else (TLS, a queue, an error,
-    the file ending early) sends nothing more and leaves it to that usual way,
-    which meets and reports the condition itself.
+    its usual way, with backpressure. A queue, an error or the file ending
+    early sends nothing more and leaves the rest to that usual way, which
+    meets and reports the condition itself. None for transports whose bytes
+    are not the socket's (TLS, tests' ``StringTransport``).
     """
     if not isinstance(transport, Connection) or transport.TLS:
-        return _send_nothing
+        return None
     sock = transport.socket
 
     def send_file(fd: int, offset: int, count: int) -> int:

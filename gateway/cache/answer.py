@@ -190,7 +190,8 @@ class EntryFeed:
     """Writes one answer's head and stored body bytes to a client, then reports.
 
     ``write``/``write_sequence``/``send_file`` are the client's send
-    functions (:mod:`gateway.fastwrite`); the head leaves with the first body
+    functions (:mod:`gateway.fastwrite`; ``send_file`` None where the
+    transport can't take one, as on TLS); the head leaves with the first body
     chunk in one vectored write, or alone before a ``sendfile``. ``done()`` runs
     after the last byte; ``failed(started)`` when the body could not be read
     (``started``: whether any byte of the answer went out); ``gone()`` when
@@ -206,7 +207,7 @@ class EntryFeed:
         *,
         write: Callable[[bytes], None],
         write_sequence: Callable[[list[bytes]], None],
-        send_file: SendFile,
+        send_file: SendFile | None,
         blocked: Callable[[], None],
         unblocked: Callable[[], None],
         done: Callable[[], None],
@@ -258,9 +259,10 @@ class EntryFeed:
         if length <= CHUNK_SIZE:
             self._send_whole(source, length)
             return
-        if not self._checking:
+        send_file = self._send_file
+        if not self._checking and send_file is not None:
             self._send(b"")
-            sent = self._sent = self._send_file(fd, offset, length)
+            sent = self._sent = send_file(fd, offset, length)
             if sent == length:
                 self._finish()
                 return

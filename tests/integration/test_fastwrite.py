@@ -137,3 +137,9 @@ class FastWriteTests(TestCase):
             self.assertEqual(data, BIG + BIG + b"tail")
 
         return self.file_sent(True).addCallback(check)
+
+    def test_no_file_sender_off_the_socket(self) -> None:
+        """A transport whose bytes are not the socket's (here a test transport) gets no sendfile."""
+        from twisted.internet.testing import StringTransport
+
+        self.assertIsNone(file_sender_for(StringTransport()))

@@ -173,9 +173,10 @@ class FeedTests(SynchronousTestCase):
         self.info = info
 
     def feed(self, take: int | None = None) -> tuple[bytes, list[tuple[int, int]], list[str]]:
-        """One whole-body answer; ``take``: what the fake sendfile sends (None: what a TLS socket sends, 0).
+        """One whole-body answer; ``take``: what the fake sendfile sends (None: no sendfile, as on TLS).
 
-        Returns the bytes in send order, the sendfile calls, and how it ended.
+        Returns the bytes in send order, the sendfile calls, and how it ended;
+        ``self.sequences`` the vectored writes.
         """
         entry = self.store.open(self.info)
         assert entry is not None
@@ -190,13 +191,19 @@ class FeedTests(SynchronousTestCase):
             out.append(os.pread(fd, sent, offset))
             return sent
 
+        self.sequences: list[list[bytes]] = []
+
+        def write_sequence(pieces: list[bytes]) -> None:
+            self.sequences.append(list(pieces))
+            out.extend(pieces)
+
         def write(data: bytes) -> None:
             out.append(data)
 
         answer = Answer(200, b"HEAD;", 0, self.SIZE, True)
         feed = EntryFeed(
             self.clock, entry, answer, transport, write=write,
-            write_sequence=lambda pieces: out.extend(pieces), send_file=send_file,
+            write_sequence=write_sequence, send_file=None if take is None else send_file,
             blocked=lambda: None, unblocked=lambda: None, done=lambda: ended.append("done"),
             failed=lambda started: ended.append(f"failed {started}"), gone=lambda: ended.append("gone"),
         )  # fmt: skip
@@ -223,10 +230,17 @@ class FeedTests(SynchronousTestCase):
         self.assertEqual(calls, [(HEADER_SIZE, self.SIZE)])
 
     def test_nothing_taken_streamed(self) -> None:
-        """A socket that takes nothing by sendfile (TLS, a queue): the producer sends it all."""
+        """A socket that takes nothing by sendfile (a queue): the producer sends it all."""
         self.feed()
         data, _, ended = self.feed(take=0)
         self.assertEqual((data, ended), (b"HEAD;" + self.body, ["done"]))
+
+    def test_no_sendfile_head_with_first_chunk(self) -> None:
+        """Without sendfile (TLS) the head still leaves with the first chunk, in one vectored write."""
+        self.feed()
+        data, calls, ended = self.feed(take=None)
+        self.assertEqual((data, calls, ended), (b"HEAD;" + self.body, [], ["done"]))
+        self.assertEqual(self.sequences[0], [b"HEAD;", self.body[:CHUNK_SIZE]])
 
     def test_failed_check_not_remembered(self) -> None:
         """A body that fails its check is never marked checked: it is not sent by sendfile later."""
