@@ -115,6 +115,7 @@ class ClientConnection(Protocol):
         #: timeout_request: caps one whole exchange.
         self._request_deadline = Deadline(self.reactor)
         self._in_data = False
+        self._parsing = False
         self._forwarded: tuple[bytes, bytes] = (b"", b"")
 
     @property
@@ -174,6 +175,20 @@ class ClientConnection(Protocol):
     # -- request heads -----------------------------------------------------------
 
     def _read_heads(self) -> None:
+        """Start every complete request head in the buffer, one after the other.
+
+        The only loop over pipelined requests: an answer that completes inside
+        ``_begin`` (a cache hit, a redirect, a 404) comes back here through
+        :meth:`_next` rather than recursing, so a client's pipeline depth never
+        becomes stack depth.
+        """
+        self._parsing = True
+        try:
+            self._read_each_head()
+        finally:
+            self._parsing = False
+
+    def _read_each_head(self) -> None:
         listener = self._listener()
         limits = self.factory.runtime().limits[self.factory.listener_name]
         while self.state is ConnState.IDLE or self.state is ConnState.HEAD:
@@ -514,7 +529,7 @@ class ClientConnection(Protocol):
         self._request = None
         self.pauses.discard("pipeline")
         self._deadline.arm(self._listener().timeout_idle, self._idle_timeout)
-        if self._buf:
+        if self._buf and not self._parsing:  # (parsing: its loop takes the next head)
             if self._in_data:
                 self._read_heads()
             else:

@@ -1060,6 +1060,16 @@ class HitWriteTests(SynchronousTestCase):
         self.assertIn(b"Cache-Status: gateway; hit", head)
         self.assertEqual(body, b"z" * CHUNK_SIZE)
 
+    def test_deep_pipeline_of_hits(self) -> None:
+        """5000 pipelined hits, each answered at once: all answered in order, no recursion."""
+        c = self.stored(100)
+        client = c.h.client()
+        request = b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n"
+        client.send(request * 5000)
+        self.assertEqual(client.received().count(b"Cache-Status: gateway; hit"), 5000)
+        self.assertFalse(client.closed)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_larger_body_streams(self) -> None:
         """CHUNK_SIZE + 1 bytes: a producer is registered and the body follows on later turns."""
         c = self.stored(CHUNK_SIZE + 1)

@@ -135,6 +135,20 @@ class ForwardingTests(SynchronousTestCase):
         self.assertLess(answer.index(b"\r\n\r\n1"), answer.index(b"\r\n\r\n2"))
 
 
+class DeepPipelineTests(SynchronousTestCase):
+    """Answers made without an upstream, pipelined by the thousand: one loop, no recursion."""
+
+    def test_many_pipelined_gateway_answers(self) -> None:
+        """5000 pipelined requests that no route takes get 5000 404s in order on one connection."""
+        h = Harness(simple_config(route={"host": "only.example"}))
+        client = h.client()
+        client.send(b"".join(b"GET /%d HTTP/1.1\r\nHost: other\r\n\r\n" % n for n in range(5000)))
+        answers = client.received()
+        self.assertEqual(answers.count(b"HTTP/1.1 404 "), 5000)
+        self.assertFalse(client.closed)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
 class BackpressureTests(SynchronousTestCase):
     """Slow peers pause the other side instead of filling memory."""
 
