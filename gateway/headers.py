@@ -453,7 +453,7 @@ def response_headers(
             dated = True
             append(pair)
         elif kind == _STS:
-            if hsts is None:
+            if hsts is None and (not connection or name.lower() not in connection):
                 append(pair)
         elif kind == _VIA:
             if pair[1] and (not connection or name.lower() not in connection):

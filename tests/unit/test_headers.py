@@ -438,6 +438,12 @@ class ResponseHeadersTests(SynchronousTestCase):
         out = answer(received, hsts=b"max-age=31536000")
         self.assertEqual(values(out, b"strict-transport-security"), [b"max-age=31536000"])
 
+    def test_backend_policy_named_in_connection_dropped(self) -> None:
+        """RFC 9110 §7.6.1: a Strict-Transport-Security the backend lists in Connection is hop-by-hop."""
+        out = answer([(b"Strict-Transport-Security", b"max-age=9")],
+                     connection=frozenset({b"strict-transport-security"}))
+        self.assertEqual(values(out, b"strict-transport-security"), [])
+
     def test_no_hsts_passes_backend_policy(self) -> None:
         """Without one (a plain listener, or HSTS off), the backend's field passes unchanged."""
         out = answer([(b"Strict-Transport-Security", b"max-age=9")])
