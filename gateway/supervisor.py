@@ -248,6 +248,9 @@ class Supervisor(MultiService):
         #: While reloading: the wait for the new workers, then the SIGKILL deadline of the old.
         self._retire_call: IDelayedCall | None = None
         self._reload_waiting = False
+        #: No new worker served within READY_TIMEOUT: the previous ones keep serving,
+        #: and the next SIGHUP runs at once instead of waiting.
+        self._stalled = False
         #: listener name -> its sockets: one per slot with ``reuse_port``, else one.
         self.sockets: dict[str, list[socket.socket]] = {}
         self._config_file: IO[bytes] | None = None
@@ -401,13 +404,13 @@ class Supervisor(MultiService):
                      "file; the workers reload their TLS certificates only")
             self.forward_sighup()
             return
-        if self._state is SupervisorState.RELOADING:
+        if self._state is SupervisorState.RELOADING and not self._stalled:
             if not self._reload_waiting:
                 log.info("SIGHUP: the previous workers are still draining after a reload; "
                          "reloading again once they are gone")
             self._reload_waiting = True
             return
-        if self._state is not SupervisorState.RUNNING:
+        if self._state not in _SPAWNING:
             return
         config = read_again(source)
         if config is None:
@@ -469,6 +472,7 @@ class Supervisor(MultiService):
             old_file.close()
         self._retire_timeout = old_timeout
         self._retire_sent = False
+        self._stalled = False
         log.info(
             "reload: applied {path}: generation {generation}, {count} workers starting; "
             "the {old} previous workers stop once they serve",
@@ -484,10 +488,24 @@ class Supervisor(MultiService):
             self._retire(late=False)
 
     def _retire(self, late: bool) -> None:
-        """SIGTERM the previous generation (each drains), SIGKILL what is left at its deadline."""
+        """SIGTERM the previous generation (each drains), SIGKILL what is left at its deadline.
+
+        ``late``: READY_TIMEOUT passed. If no new worker serves by then, the
+        previous ones are left serving (a file that checks out but whose
+        workers can't start must not take the gateway down); the new ones
+        keep being restarted, and the next SIGHUP replaces them at once.
+        """
         if self._retire_call is not None and self._retire_call.active():
             self._retire_call.cancel()
+        self._retire_call = None
+        if late and not any(slot.ready for slot in self.slots):
+            self._stalled = True
+            log.error("reload: no worker of generation {generation} serves after {timeout:.0f}s; "
+                      "the previous workers keep serving (fix the configuration and send SIGHUP "
+                      "again)", generation=self.generation, timeout=READY_TIMEOUT)
+            return
         self._retire_sent = True
+        self._stalled = False
         if late:
             log.warn("reload: not every new worker serves after {timeout:.0f}s; stopping the "
                      "previous ones all the same", timeout=READY_TIMEOUT)
@@ -568,6 +586,8 @@ class Supervisor(MultiService):
         count = self._signal(self.slots, "TERM")
         if count:
             log.info("stopping {count} workers", count=count)
+        if count or self.retiring:
+            # The previous generation's SIGKILL deadline was cancelled above: this one covers it.
             self._kill_call = self.reactor.callLater(self.stop_timeout, self._kill_remaining)
         stopped = self._stopped
         self._maybe_stopped()

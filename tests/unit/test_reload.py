@@ -434,13 +434,48 @@ class SupervisorReloadTests(SynchronousTestCase):
         self.assertEqual([p.signals for p in self.reactor.processes[:2]],
                          [["TERM", "KILL"], ["TERM", "KILL"]])
 
-    def test_old_stopped_anyway_after_ready_timeout(self) -> None:
-        """New workers that never say they serve: the old ones get SIGTERM after READY_TIMEOUT."""
+    def test_old_stopped_after_ready_timeout_if_one_new_serves(self) -> None:
+        """Only some new workers serve by READY_TIMEOUT: the old ones get SIGTERM then."""
         self.make(self.config()).reload(self.config(port=9100))
+        self.reactor.processes[2].protocol.childDataReceived(workers.READY_FD, b"R")
         self.reactor.advance(supervisor.READY_TIMEOUT - 0.1)
         self.assertEqual(self.reactor.processes[0].signals, [])
         self.reactor.advance(0.1)
         self.assertEqual(self.reactor.processes[0].signals, ["TERM"])
+
+    def test_no_new_worker_serves_old_keep_serving(self) -> None:
+        """No new worker serves by READY_TIMEOUT: the old keep serving, and the next SIGHUP runs at once."""
+        files = Files(self)
+        path = files.write(ini(9001, bind="tcp:8080"))
+        sup = self.make(load(path), source=ConfigSource(path, 2))
+        files.write(ini(9100, bind="tcp:8080"))
+        sup.sighup()
+        with capturedLogs() as events:
+            self.reactor.advance(supervisor.READY_TIMEOUT + 60)
+        self.assertEqual([p.signals for p in self.reactor.processes[:2]], [[], []])
+        self.assertIs(sup.state, supervisor.SupervisorState.RELOADING)
+        self.assertTrue(any("keep serving" in formatEvent(e) for e in events))
+        files.write(ini(9200, bind="tcp:8080"))
+        sup.sighup()  # not held until the stalled generation drains
+        self.assertEqual(sup.generation, 3)
+        newest = self.reactor.processes[-2:]
+        for process in newest:
+            process.protocol.childDataReceived(workers.READY_FD, b"R")
+        self.assertEqual([p.signals for p in self.reactor.processes[:4]], [["TERM"]] * 4)
+        for process in self.reactor.processes[:4]:
+            process.end(ProcessTerminated(signal=15))
+        self.assertIs(sup.state, supervisor.SupervisorState.RUNNING)
+        self.assertEqual(sup.config.backends[0].servers[0].port, 9200)
+
+    def test_stop_while_stalled_kills_old_at_deadline(self) -> None:
+        """SIGTERM while the old generation serves after a stalled reload: SIGKILL still comes for it."""
+        sup = self.make(self.config())
+        sup.reload(self.config(port=9100))
+        for process in self.reactor.processes[2:]:
+            process.end(ProcessTerminated(exitCode=1))  # the new workers fail at start
+        sup.stopService()
+        self.reactor.advance(15.0)
+        self.assertEqual([p.signals for p in self.reactor.processes[:2]], [["TERM", "KILL"]] * 2)
 
     def test_sighup_while_draining_waits(self) -> None:
         """A SIGHUP during a reload runs once the old generation is gone: two generations at most."""
