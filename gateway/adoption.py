@@ -51,11 +51,15 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import (
         IListeningPort,
         IProtocolFactory,
+        IReactorCore,
         IReactorFDSet,
         IReactorSocket,
     )
 
     from gateway.config import Config
+
+    class Reactor(IReactorCore, IReactorFDSet):
+        """What a SupervisorLink needs of the reactor: run state and descriptors."""
 
 log = Logger()
 
@@ -164,9 +168,10 @@ class _PipeEnd:
 class SupervisorLink(Service):
     """A worker's tie to its supervisor: announces the worker, stops it when the supervisor dies.
 
-    Started last, once the listeners accept and the reactor runs (so SIGTERM
-    is handled), it writes one byte on ``ready_fd`` and closes it: the
-    supervisor's signal that this worker serves.
+    Started last, once the listeners accept, it waits for the reactor to run
+    (twistd starts services before ``reactor.run``, which installs the
+    SIGTERM handler a drain needs), then writes one byte on ``ready_fd`` and
+    closes it: the supervisor's signal that this worker serves.
 
     The supervisor holds the write end of a pipe whose read end every worker
     inherits at ``fd``; when the supervisor exits, however it exits, the kernel
@@ -175,7 +180,7 @@ class SupervisorLink(Service):
     its in-flight requests drain.
     """
 
-    def __init__(self, reactor: IReactorFDSet, number: int, fd: int,
+    def __init__(self, reactor: Reactor, number: int, fd: int,
                  stop: Callable[[], None], ready_fd: int | None = None) -> None:
         self.reactor = reactor
         self.number = number
@@ -185,20 +190,25 @@ class SupervisorLink(Service):
         self._watching = False
 
     def startService(self) -> None:
-        """Log the start and watch the pipe."""
+        """Log the start, watch the pipe, and say "ready" once the reactor runs."""
         super().startService()
         log.info("worker {number} started (pid {pid})", number=self.number, pid=os.getpid())
         if self._ready_fd is not None:
-            try:
-                os.write(self._ready_fd, b"R")
-                os.close(self._ready_fd)
-            except OSError as exc:
-                log.warn("worker {number}: can't tell the supervisor it is ready: {error}",
-                         number=self.number, error=exc)
-            self._ready_fd = None
+            self.reactor.callWhenRunning(self._announce)
         os.set_blocking(self._pipe.fd, False)
         self.reactor.addReader(self._pipe)
         self._watching = True
+
+    def _announce(self) -> None:
+        fd, self._ready_fd = self._ready_fd, None
+        if fd is None or not self.running:
+            return
+        try:
+            os.write(fd, b"R")
+            os.close(fd)
+        except OSError as exc:
+            log.warn("worker {number}: can't tell the supervisor it is ready: {error}",
+                     number=self.number, error=exc)
 
     def stopService(self) -> None:
         """Stop watching (the descriptor stays open: it is harmless and inherited by nobody)."""

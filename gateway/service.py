@@ -292,13 +292,17 @@ class GatewayService(MultiService):
             if listener.name not in changes.opened:
                 continue
             sock = bound.get(listener.name)
+            fd = -1 if sock is None else sock.detach()
             via = self.reactor if sock is None else InheritedPort(
-                self.reactor, InheritedSocket(sock.detach(), sock.family)  # type: ignore[arg-type]
+                self.reactor, InheritedSocket(fd, sock.family)  # type: ignore[arg-type]
             )
             try:
                 self._open(listener, via)
             except ConfigError as exc:
-                # A TLS file changed between the check and now.
+                # A TLS file changed between the check and now; the socket
+                # bound for it was never adopted, so it is closed here.
+                if fd >= 0:
+                    os.close(fd)
                 log.error("reload: listener {name} not opened: {why}", name=listener.name, why=exc)
         self.factories = [
             f for f in self.factories

@@ -556,15 +556,19 @@ class ReadySignalTests(SynchronousTestCase):
     """A worker tells the supervisor it serves: one byte on its ready descriptor."""
 
     def test_link_writes_ready_then_closes(self) -> None:
-        """SupervisorLink's start writes to the ready pipe and closes its end."""
+        """SupervisorLink writes to the ready pipe once the reactor runs (SIGTERM handled), and closes its end."""
         from gateway.adoption import SupervisorLink
 
         parent_read, parent_write = os.pipe()
         ready_read, ready_write = os.pipe()
         for fd in (parent_read, parent_write, ready_read):
             self.addCleanup(os.close, fd)
-        link = SupervisorLink(MemoryReactorClock(), 1, parent_read, lambda: None, ready_write)
+        reactor = MemoryReactorClock()
+        link = SupervisorLink(reactor, 1, parent_read, lambda: None, ready_write)
         link.startService()
         self.addCleanup(link.stopService)
+        os.set_blocking(ready_read, False)
+        self.assertRaises(BlockingIOError, os.read, ready_read, 10)  # not before the reactor runs
+        reactor.run()
         self.assertEqual(os.read(ready_read, 10), b"R")
         self.assertEqual(os.read(ready_read, 10), b"")  # the worker's end is closed
