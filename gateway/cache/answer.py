@@ -242,6 +242,13 @@ class EntryFeed:
 
     def start(self) -> None:
         """Write the head with the body's first chunk (or all of a small body); stream the rest."""
+        consumer = self._consumer
+        if getattr(consumer, "producer", None) is not None:
+            # An exchange that failed after its response head registered a
+            # producer with the client transport and never took it back; a
+            # transport takes one producer at a time, and it must not pause
+            # or resume a finished exchange while this answer is written.
+            consumer.unregisterProducer()
         answer = self._answer
         length = answer.length
         if length == 0:
@@ -267,12 +274,6 @@ class EntryFeed:
                 self._finish()
                 return
             source = FileRange(fd, offset + sent, length - sent)
-        consumer = self._consumer
-        if getattr(consumer, "producer", None) is not None:
-            # An exchange that failed after its response head registered a
-            # producer with the client transport and never took it back; a
-            # transport takes one producer at a time.
-            consumer.unregisterProducer()
         self._producer = BodyProducer(
             self._reactor, source, self._consumer, on_done=self._fed, on_abort=self._cut,
             write=self._send, on_pause=self._blocked, on_resume=self._unblocked,
