@@ -192,8 +192,8 @@ class HandshakeGate(Protocol):
     def handshakeCompleted(self) -> None:
         """Verified: connect the real protocol and step out of the way.
 
-        Unless the TLS layer is already closing.  Twisted 25.5 (the last
-        release for Python 3.9, so what PyPy runs) checks the certificate's name
+        Unless the TLS layer is already closing.  Twisted up to 25.5 (which
+        setup.cfg allows, and PyPy 3.9 installed until Twisted 26.4) checks the certificate's name
         in an info callback at the end of the handshake, aborts the connection
         there with the error as its reason, and then reports the handshake as
         completed all the same.  Going through would hand the pool a dead
