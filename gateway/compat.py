@@ -42,28 +42,32 @@ PYPY_NURSERY = "16MB"
 #: Keyword arguments for ``@dataclass``: ``slots=True`` where Python has it.
 SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}
 
+#: pyOpenSSL 25.2 or later (the TLS 1.3 suite setter is what it added).
+_PYOPENSSL_25_2 = hasattr(SSL.Context, "set_tls13_ciphersuites")
+
+
+def _set_through_openssl(setter: str, context: SSL.Context, value: bytes, what: str) -> None:
+    """Call OpenSSL's ``SSL_CTX_<setter>`` through pyOpenSSL's bindings, as pyOpenSSL 25.2 does."""
+    from OpenSSL.SSL import _lib  # type: ignore[attr-defined]
+
+    if getattr(_lib, setter)(context._context, value) != 1:  # type: ignore[attr-defined]
+        raise SSL.Error(f"{what} refused: {value!r}")
+
 
 def set_tls13_ciphersuites(context: SSL.Context, suites: bytes) -> None:
     """``context.set_tls13_ciphersuites(suites)``, also on pyOpenSSL before 25.2."""
-    setter = getattr(context, "set_tls13_ciphersuites", None)
-    if setter is not None:
-        setter(suites)
-        return
-    from OpenSSL.SSL import _lib  # type: ignore[attr-defined]
-
-    if _lib.SSL_CTX_set_ciphersuites(context._context, suites) != 1:  # type: ignore[attr-defined]
-        raise SSL.Error(f"TLS 1.3 cipher suites refused: {suites!r}")
+    if _PYOPENSSL_25_2:
+        context.set_tls13_ciphersuites(suites)
+    else:
+        _set_through_openssl("SSL_CTX_set_ciphersuites", context, suites, "TLS 1.3 cipher suites")
 
 
 def set_cipher_list(context: SSL.Context, ciphers: bytes) -> None:
     """``context.set_cipher_list(ciphers)`` (TLS 1.2 and older), leaving the context unused on pyOpenSSL < 25.2."""
-    if hasattr(context, "set_tls13_ciphersuites"):  # pyOpenSSL 25.2 or later
+    if _PYOPENSSL_25_2:
         context.set_cipher_list(ciphers)
-        return
-    from OpenSSL.SSL import _lib  # type: ignore[attr-defined]
-
-    if _lib.SSL_CTX_set_cipher_list(context._context, ciphers) != 1:  # type: ignore[attr-defined]
-        raise SSL.Error(f"cipher list refused: {ciphers!r}")
+    else:
+        _set_through_openssl("SSL_CTX_set_cipher_list", context, ciphers, "cipher list")
 
 
 def freeze_heap() -> None:

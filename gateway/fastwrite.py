@@ -10,9 +10,10 @@ transport, sends immediately with ``socket.send`` (or ``sendmsg`` for a
 sequence: one vectored syscall, no join), and hands whatever the kernel did not
 take to ``transport.write``. Ordering holds because the fast path is only taken
 with an empty queue. :func:`file_sender_for` does the same for file bytes with
-``os.sendfile`` (no copy through Python), leaving the rest to the caller. Transports that are not plain TCP (TLS, whether as a
-wrapping protocol or Twisted's native ``startTLS``, and tests'
-``StringTransport``) get their own ``write`` unchanged.
+``os.sendfile`` (no copy through Python), leaving the rest to the caller.
+Transports that are not plain TCP (TLS, whether as a wrapping protocol or
+Twisted's native ``startTLS``, and tests' ``StringTransport``) get their own
+``write`` unchanged, and no file sender.
 
 This reads ``FileDescriptor`` internals (``dataBuffer``, ``offset``,
 ``_tempDataBuffer``) that have been stable across Twisted releases; the unit
